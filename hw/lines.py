@@ -1,0 +1,82 @@
+"""The board's GPIO lines as gpiozero devices over an injected pin factory.
+
+Output enable, dead-man kick, latch re-arm, test-load select, buzzer and LED are outputs that start
+low (``initial_value=False``). Output enable is active high with a hardware pull-down, so a Pi that
+crashed, rebooted or released its lines leaves the relay open. ``close()`` drives enable low
+before it releases anything.
+
+The control loop reads the inputs every tick through the pins directly (``*_pin.state``): gpiozero's
+device properties add locking and value mapping that cost microseconds the loop does not have.
+"""
+
+from __future__ import annotations
+
+from gpiozero import Button, DigitalInputDevice, DigitalOutputDevice
+
+from hw.config import Pins
+
+
+class Lines:
+    def __init__(self, pins: Pins, pin_factory):
+        f = pin_factory
+        # Enable first, low: nothing else is created before the output is known to be off.
+        self.output_enable = DigitalOutputDevice(
+            pins.output_enable, initial_value=False, pin_factory=f
+        )
+        self._devices = [self.output_enable]
+        try:
+            self.deadman_kick = self._add(
+                DigitalOutputDevice(pins.deadman_kick, initial_value=False, pin_factory=f)
+            )
+            self.latch_rearm = self._add(
+                DigitalOutputDevice(pins.latch_rearm, initial_value=False, pin_factory=f)
+            )
+            self.test_load = self._add(
+                DigitalOutputDevice(pins.test_load, initial_value=False, pin_factory=f)
+            )
+            self.buzzer = self._add(
+                DigitalOutputDevice(pins.buzzer, initial_value=False, pin_factory=f)
+            )
+            self.output_led = self._add(
+                DigitalOutputDevice(pins.output_led, initial_value=False, pin_factory=f)
+            )
+            self.latch_status = self._add(
+                DigitalInputDevice(pins.latch_status, pull_up=False, pin_factory=f)
+            )
+            # The e-stop switches to ground against a pull-up: a broken wire reads "pressed".
+            self.estop = self._add(Button(pins.estop, pull_up=True, pin_factory=f))
+            self.charger = self._add(DigitalInputDevice(pins.charger, pull_up=False, pin_factory=f))
+        except Exception:
+            self.close()
+            raise
+        self.enable_pin = self.output_enable.pin
+        self.kick_pin = self.deadman_kick.pin
+        self.latch_pin = self.latch_status.pin
+        self.estop_pin = self.estop.pin
+        self.charger_pin = self.charger.pin
+
+    def _add(self, device):
+        self._devices.append(device)
+        return device
+
+    def estop_pressed(self) -> bool:
+        return not self.estop_pin.state  # pulled up; pressed pulls to ground
+
+    def all_outputs_low(self) -> None:
+        for d in self._devices:
+            if isinstance(d, DigitalOutputDevice):
+                d.off()
+
+    def close(self) -> None:
+        """Enable low first, then release every line. Safe to call twice."""
+        try:
+            if not self.output_enable.closed:
+                self.output_enable.off()
+        finally:
+            for d in reversed(self._devices):
+                try:
+                    if isinstance(d, DigitalOutputDevice) and not d.closed:
+                        d.off()
+                    d.close()
+                except Exception:  # noqa: BLE001 - closing must reach every device
+                    pass

@@ -1,0 +1,337 @@
+"""The simulated board: the same code path as the real one below the bus.
+
+The drivers talk to :class:`SimDacBus` and :class:`SimAdcBus`, which decode MCP4922 words and answer
+MCP3208 requests byte for byte, and the lines are gpiozero devices on a ``MockFactory`` whose pins
+report every change to the plant. Fault injection covers every single fault the safety chain must
+catch. Times are the board's own clock (the injected one), so trip latencies are measured where the
+hardware would see them.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+
+from gpiozero.pins.mock import MockFactory, MockPin
+
+from hw.chips import mcp3208, mcp4922
+from hw.clock import Clock
+from hw.config import Config
+from hw.sim.plant import DRY_SKIN, SKIN, SWEATY_SKIN, Load, Plant
+
+FAULTS = (
+    "adc_stuck",  # every ADC channel returns the code it last converted
+    "dac_stuck",  # the DAC ignores writes and holds its last output
+    "spi_error",  # every SPI transfer fails (EIO)
+    "shorted_shunt",  # the shunt reads zero whatever flows
+    "welded_relay",  # the output relay stays closed whatever drives it
+    "dead_comparator",  # the hardware over-current latch never trips
+    "lift_off",  # the electrodes leave the skin
+    "charger",  # a charger / mains adapter is plugged in
+    "overcurrent",  # the V-to-I stage fails to its rail
+    "open_circuit",  # a break in the output path before the sense point
+    "estop",  # the e-stop button is pressed
+    "rail_low",  # the compliance supply sags
+    "adc_reference",  # the ADC's reference drifts
+)
+
+MAX_PIN_HISTORY = 4096  # the dead-man pin toggles every tick; keep the history bounded
+
+
+class SimPin(MockPin):
+    """A MockPin that tells the simulated board about every change, with a bounded history."""
+
+    def _change_state(self, value):
+        changed = super()._change_state(value)
+        if changed:
+            if len(self.states) > MAX_PIN_HISTORY:
+                del self.states[: MAX_PIN_HISTORY // 2]
+            hook = getattr(self._factory, "sim_hook", None)
+            if hook is not None:
+                hook(self._number, value)
+        return changed
+
+
+class _SimBus:
+    max_speed_hz = 0
+    mode = 0
+
+    def __init__(self, board: SimBoard):
+        self._board = board
+        self.closed = False
+        self.transfers = 0
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class SimDacBus(_SimBus):
+    """MCP4922 on its chip select: decodes each 16-bit word into the plant."""
+
+    def xfer2(self, data):
+        b = self._board
+        with b.lock:
+            b._check_spi()
+            self.transfers += 1
+            word = mcp4922.decode(data)
+            now = b.clock.now()
+            p = b.plant
+            p.advance(now)
+            if p.dac_stuck:
+                return [0, 0]
+            if word.channel == mcp4922.CHANNEL_A:
+                was_zero = p.i_command_ua == 0.0
+                p.dac_a_code = word.code
+                p.dac_a_active = word.active
+                if p.i_command_ua == 0.0 and not was_zero:
+                    b.t_dac_zero = now
+            else:
+                p.dac_b_code = word.code
+                p.dac_b_active = word.active
+            return [0, 0]
+
+
+class SimAdcBus(_SimBus):
+    """MCP3208 on its chip select: converts the plant's analog values per channel."""
+
+    def __init__(self, board: SimBoard, roles: dict[int, str]):
+        super().__init__(board)
+        self._roles = roles
+
+    def xfer2(self, data):
+        b = self._board
+        with b.lock:
+            b._check_spi()
+            self.transfers += 1
+            channel = mcp3208.decode_request(data)
+            p = b.plant
+            p.advance(b.clock.now())
+            if b.adc_stuck_code is not None:
+                return mcp3208.encode_reply(b.adc_stuck_code)
+            code = p.adc_code(self._roles.get(channel, ""))
+            b.last_adc_code = code
+            return mcp3208.encode_reply(code)
+
+
+class SimBoard:
+    """Chips, lines and plant of one simulated appliance, with fault injection."""
+
+    def __init__(self, cfg: Config, clock: Clock, seed: int = 1):
+        self.cfg = cfg
+        self.clock = clock
+        self.lock = threading.RLock()
+        self.plant = Plant(cfg, clock.now(), seed=seed)
+        hwp = cfg.hardware.pins
+        self._pin_roles = {
+            hwp.output_enable: "enable",
+            hwp.deadman_kick: "kick",
+            hwp.latch_rearm: "rearm",
+            hwp.test_load: "test_load",
+            hwp.buzzer: "buzzer",
+            hwp.output_led: "led",
+        }
+        self.pin_numbers = hwp
+        ch = cfg.hardware.adc_channels
+        roles = {
+            ch.current: "current",
+            ch.electrode_voltage: "electrode_voltage",
+            ch.compliance_rail: "compliance_rail",
+            ch.reference: "reference",
+        }
+        self.factory = MockFactory(pin_class=SimPin)
+        self.factory.sim_hook = self._on_pin
+        self.dac_bus = SimDacBus(self)
+        self.adc_bus = SimAdcBus(self, roles)
+        self.spi_error = False
+        self.adc_stuck_code: int | None = None
+        self.last_adc_code = 0
+        self.active_faults: set[str] = set()
+        self.t_enable_low: float | None = clock.now()
+        self.t_dac_zero: float | None = clock.now()
+        self.t_relay_open: float | None = clock.now()
+        self.events: deque[tuple[float, str, object]] = deque(maxlen=10000)
+        self.buzzer_on = False
+        self.led_on = False
+        self.plant.on_relay_change = self._relay_changed
+        self.plant.on_latch_change = self._latch_changed
+        self._latch_pin_level = True
+        self.plant.advance(clock.now())
+
+    # ---- hooks from pins and plant ----------------------------------------------------------
+    def _on_pin(self, number: int, value: bool) -> None:
+        role = self._pin_roles.get(number)
+        if role is None:
+            return
+        with self.lock:
+            now = self.clock.now()
+            p = self.plant
+            p.advance(now)
+            if role == "kick":
+                p.kick(value, now)
+            elif role == "enable":
+                p.enable = value
+                if not value:
+                    self.t_enable_low = now
+                self.events.append((now, "enable", value))
+            elif role == "rearm":
+                if value:
+                    p.rearm(now)
+            elif role == "test_load":
+                p.test_load_selected = value
+            elif role == "buzzer":
+                self.buzzer_on = value
+                self.events.append((now, "buzzer", value))
+            elif role == "led":
+                self.led_on = value
+            p._update_relay(now)
+
+    def _relay_changed(self, t_s: float, closed: bool) -> None:
+        if not closed:
+            self.t_relay_open = t_s
+        self.events.append((t_s, "relay", closed))
+
+    def _latch_changed(self, t_s: float, latched: bool) -> None:
+        self.events.append((t_s, "latch", latched))
+        self._drive_input(self.pin_numbers.latch_status, latched)
+
+    def _drive_input(self, number: int, high: bool) -> None:
+        pin = self.factory.pin(number)
+        if pin.function != "input":
+            return  # not claimed by a device yet; the level is applied when it is
+        if high:
+            pin.drive_high()
+        else:
+            pin.drive_low()
+
+    def sync_inputs(self) -> None:
+        """Drive every input line to the plant's state (after the lines have been created)."""
+        with self.lock:
+            self._drive_input(self.pin_numbers.latch_status, self.plant.latched)
+            self._drive_input(self.pin_numbers.charger, "charger" in self.active_faults)
+            # The e-stop is pulled up: released = high.
+            self._drive_input(self.pin_numbers.estop, "estop" not in self.active_faults)
+
+    def _check_spi(self) -> None:
+        if self.spi_error:
+            raise OSError(5, "Input/output error (simulated SPI fault)")
+
+    # ---- observation ----------------------------------------------------------------------------
+    def advance(self) -> None:
+        with self.lock:
+            self.plant.advance(self.clock.now())
+            self.plant._update_relay(self.clock.now())
+
+    @property
+    def enable_high(self) -> bool:
+        return self.plant.enable
+
+    @property
+    def relay_closed(self) -> bool:
+        self.advance()
+        return self.plant.relay_closed
+
+    @property
+    def current_ua(self) -> float:
+        """The current that really flows through the load (ground truth)."""
+        self.advance()
+        return self.plant.i_load_ua
+
+    def output_cut_at(self) -> float | None:
+        """When the output became safe (enable low AND DAC at zero), or None if it is not."""
+        with self.lock:
+            if self.plant.enable or self.plant.i_command_ua != 0.0:
+                return None
+            return max(self.t_enable_low or 0.0, self.t_dac_zero or 0.0)
+
+    # ---- loads and faults -----------------------------------------------------------------------
+    def set_load(self, load: Load) -> None:
+        with self.lock:
+            self.plant.advance(self.clock.now())
+            self.plant.load = load
+
+    def set_skin(self, kind: str) -> None:
+        self.set_load({"normal": SKIN, "dry": DRY_SKIN, "sweaty": SWEATY_SKIN}[kind])
+
+    def set_contact(self, contact: float) -> None:
+        with self.lock:
+            self.plant.advance(self.clock.now())
+            load = self.plant.load
+            self.plant.load = Load(load.rs_ohm, load.rp_ohm, load.cp_f, max(0.0, min(1.0, contact)))
+
+    def inject(self, fault: str) -> None:
+        """Start one fault. See FAULTS for the list; ``clear`` ends it where that is physical."""
+        if fault not in FAULTS:
+            raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+        with self.lock:
+            now = self.clock.now()
+            p = self.plant
+            p.advance(now)
+            self.active_faults.add(fault)
+            self.events.append((now, "fault", fault))
+            if fault == "adc_stuck":
+                self.adc_stuck_code = self.last_adc_code
+            elif fault == "dac_stuck":
+                p.freeze_dac()
+            elif fault == "spi_error":
+                self.spi_error = True
+            elif fault == "shorted_shunt":
+                p.shorted_shunt = True
+            elif fault == "welded_relay":
+                p.welded = True
+                p._update_relay(now)
+            elif fault == "dead_comparator":
+                p.dead_comparator = True
+            elif fault == "lift_off":
+                self._contact_before = p.load.contact or 1.0
+                self.set_contact(0.0)
+            elif fault == "charger":
+                self._drive_input(self.pin_numbers.charger, True)
+            elif fault == "overcurrent":
+                p.runaway = True
+            elif fault == "open_circuit":
+                p.open_circuit = True
+            elif fault == "estop":
+                self._drive_input(self.pin_numbers.estop, False)
+            elif fault == "rail_low":
+                p.rail_v = p.fe.rail_nominal_v * 0.6
+            elif fault == "adc_reference":
+                p.fe = p.fe.model_copy(update={"reference_code": p.fe.reference_code + 300})
+
+    def clear(self, fault: str) -> None:
+        """End a fault (re-contact after a lift, charger unplugged, e-stop released, ...)."""
+        with self.lock:
+            now = self.clock.now()
+            p = self.plant
+            p.advance(now)
+            self.active_faults.discard(fault)
+            self.events.append((now, "clear", fault))
+            if fault == "adc_stuck":
+                self.adc_stuck_code = None
+            elif fault == "dac_stuck":
+                p.dac_stuck = False
+            elif fault == "spi_error":
+                self.spi_error = False
+            elif fault == "shorted_shunt":
+                p.shorted_shunt = False
+            elif fault == "welded_relay":
+                p.welded = False
+            elif fault == "dead_comparator":
+                p.dead_comparator = False
+            elif fault == "lift_off":
+                self.set_contact(getattr(self, "_contact_before", 1.0))
+            elif fault == "charger":
+                self._drive_input(self.pin_numbers.charger, False)
+            elif fault == "overcurrent":
+                p.runaway = False
+            elif fault == "open_circuit":
+                p.open_circuit = False
+            elif fault == "estop":
+                self._drive_input(self.pin_numbers.estop, True)
+            elif fault == "rail_low":
+                p.rail_v = p.fe.rail_nominal_v
+            elif fault == "adc_reference":
+                p.fe = self.cfg.hardware.front_end
+
+    def clear_all(self) -> None:
+        for f in list(self.active_faults):
+            self.clear(f)

@@ -1,0 +1,256 @@
+"""The analog world behind the simulated chips: V-to-I stage, relay, load, shunt, latch, dead-man.
+
+Topology (see docs/hardware.md)::
+
+    DAC A -> Howland V-to-I (gain/offset error, lag, compliance) -> relay -> load -> shunt
+    relay closed  <=>  (output_enable AND dead-man monostable held AND NOT latch) OR welded
+    load          =    electrodes on skin (Rs + Rp||Cp, scaled by contact), open when lifted,
+                       or the internal test resistor when test_load is selected
+    comparator    :    |I| > threshold(DAC B) sets the latch; a re-arm edge clears it if |I| is low
+
+The plant only moves forward in time when asked (``advance(t)``), so it runs in simulated time for
+tests and in real time for the demo. Every quantity carries its unit in its name.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+from hw.config import Config
+
+OPEN_OHM = 20e6  # leakage of lifted electrodes: a current source into it sits at compliance
+
+
+@dataclass(frozen=True)
+class Load:
+    """Electrode-skin load: series resistance plus a parallel RC. ``contact`` 0..1 scales area."""
+
+    rs_ohm: float
+    rp_ohm: float = math.inf
+    cp_f: float = 0.0
+    contact: float = 1.0  # fraction of full contact area; 0 = lifted
+
+    @staticmethod
+    def resistor(ohm: float) -> Load:
+        return Load(rs_ohm=ohm)
+
+
+# Loads used by the demo, the tests and the bench. Values are typical of wet-gel facial electrodes
+# (a few kOhm, time constant ~1 ms); dry skin is an order of magnitude higher, sweat lower.
+SKIN = Load(rs_ohm=1000.0, rp_ohm=15000.0, cp_f=47e-9)
+DRY_SKIN = Load(rs_ohm=3000.0, rp_ohm=200000.0, cp_f=10e-9)
+SWEATY_SKIN = Load(rs_ohm=300.0, rp_ohm=2500.0, cp_f=100e-9)
+
+
+class Plant:
+    """Physical state of the simulated board. Not thread-safe: the SimBoard serialises access."""
+
+    def __init__(self, cfg: Config, t0_s: float, seed: int = 1):
+        fe = cfg.hardware.front_end
+        self.fe = fe
+        self.rng = random.Random(seed)
+        # The true stage differs from the nominal scale in the config, as a real one would, so
+        # the loop's calibration and closed-loop correction have something to correct.
+        self.stage_gain = 1.03
+        self.stage_offset_ua = 3.0
+        self.stage_tau_s = 60e-6
+        self.compliance_v = fe.compliance_v
+        self.adc_noise_ua = 0.6
+        self.adc_offset_codes = 1.4
+        self.v_noise_v = 0.01
+        self.comparator_delay_s = 50e-6
+        self.relay_release_s = 0.5e-3
+        self.deadman_s = fe.deadman_ms / 1000.0
+        self.rail_v = fe.rail_nominal_v
+
+        self.t_s = t0_s
+        self.load: Load = SKIN
+        self.test_load = Load.resistor(fe.test_load_ohm)
+        # Commanded by the chips and lines
+        self.dac_a_code = fe.dac_zero_code
+        # Until the first write the stage input sits on its bias network at mid-scale (0 uA).
+        self.dac_a_active = False
+        self.dac_b_code = 0
+        self.dac_b_active = False
+        self.enable = False
+        self.test_load_selected = False
+        self.last_kick_s = -1e9
+        self.kick_level = False
+        # Hardware state
+        self.latched = True  # threshold at 0 V until the DAC sets it: latched at power-up
+        self.latch_pending_s: float | None = None
+        self.relay_closed = False
+        self.relay_open_at_s: float | None = None  # pending release (relay release time)
+        self.i_stage_ua = 0.0  # stage output after its lag
+        self.i_load_ua = 0.0  # what really flows through the load and shunt
+        self.vc_v = 0.0  # voltage on the load's parallel capacitor
+        self.v_out_v = 0.0
+        # Faults
+        self.welded = False
+        self.dead_comparator = False
+        self.shorted_shunt = False
+        self.dac_stuck = False
+        self.open_circuit = False  # a break inside the output path, before the sense point
+        self.runaway = False  # the stage's op-amp fails to the rail
+        # Ground truth for benches: integrals of the real current
+        self.q_net_uc = 0.0
+        self.q_abs_uc = 0.0
+        self.on_relay_change = None  # callback(t_s, closed)
+        self.on_latch_change = None  # callback(t_s, latched)
+
+    # ---- commands from chips and lines -------------------------------------------------------
+    @property
+    def i_command_ua(self) -> float:
+        """What the stage is told to drive, in uA (0 when DAC A is shut down: bias network)."""
+        if not self.dac_a_active:
+            return 0.0
+        return (self.dac_a_code - self.fe.dac_zero_code) * self.fe.dac_ua_per_code
+
+    @property
+    def threshold_ua(self) -> float:
+        return self.dac_b_code * self.fe.threshold_ua_per_code if self.dac_b_active else 0.0
+
+    def kick(self, level: bool, t_s: float) -> None:
+        if level != self.kick_level:
+            self.kick_level = level
+            self.last_kick_s = t_s  # the monostable retriggers on every edge
+
+    def rearm(self, t_s: float) -> None:
+        if self.dead_comparator:
+            return
+        if self.threshold_ua > 0 and abs(self.i_load_ua) < self.threshold_ua:
+            self._set_latch(False, t_s)
+            self.latch_pending_s = None
+
+    # ---- physics -------------------------------------------------------------------------------
+    def _set_latch(self, value: bool, t_s: float) -> None:
+        if value != self.latched:
+            self.latched = value
+            if self.on_latch_change:
+                self.on_latch_change(t_s, value)
+
+    def _relay_should_close(self, t_s: float) -> bool:
+        if self.welded:
+            return True
+        held = (t_s - self.last_kick_s) < self.deadman_s
+        return self.enable and held and not self.latched
+
+    def _update_relay(self, t_s: float) -> None:
+        want = self._relay_should_close(t_s)
+        if want and not self.relay_closed:
+            self.relay_closed = True
+            self.relay_open_at_s = None
+            if self.on_relay_change:
+                self.on_relay_change(t_s, True)
+        elif not want and self.relay_closed:
+            # When did the reason to open appear? The dead-man expires at last_kick + hold time.
+            if self.relay_open_at_s is None:
+                t_reason = t_s
+                if self.enable and not self.latched:
+                    t_reason = min(t_s, self.last_kick_s + self.deadman_s)
+                self.relay_open_at_s = t_reason + self.relay_release_s
+            if t_s >= self.relay_open_at_s:
+                self.relay_closed = False
+                if self.on_relay_change:
+                    self.on_relay_change(self.relay_open_at_s, False)
+                self.relay_open_at_s = None
+
+    def advance(self, t_s: float) -> None:
+        """Move the plant forward to ``t_s`` (monotonic seconds)."""
+        dt = t_s - self.t_s
+        if dt <= 0:
+            return
+        self._update_relay(t_s)
+        # Stage: first-order lag toward the command (or the rail when it has failed).
+        if self.runaway:
+            target = 1e6
+        elif self.dac_stuck:
+            target = self._stuck_ua
+        else:
+            target = self.i_command_ua
+        if target != 1e6 and (self.dac_a_active or self.dac_stuck):
+            # A real stage has an offset at zero command too: the loop's calibration removes it.
+            target = target * self.stage_gain + self.stage_offset_ua
+        a = math.exp(-dt / self.stage_tau_s)
+        self.i_stage_ua = target + (self.i_stage_ua - target) * a
+        i_src = self.i_stage_ua
+        vc = self.compliance_v
+        if not self.relay_closed or self.open_circuit:
+            i = 0.0
+            v = 0.0  # sense point is after the relay: nothing drives the electrodes
+            self.vc_v *= 0.5 ** (dt / 1e-3)  # the skin capacitance bleeds off
+        else:
+            load = self.test_load if self.test_load_selected else self.load
+            if load.contact <= 0.0:
+                i = 0.0
+                v = max(-vc, min(vc, i_src * 1e-6 * OPEN_OHM))
+                self.vc_v *= 0.5 ** (dt / 1e-3)
+            else:
+                rs = load.rs_ohm / load.contact
+                rp = load.rp_ohm / load.contact
+                cp = load.cp_f * load.contact
+                i_a = i_src * 1e-6
+                if cp > 0 and math.isfinite(rp):
+                    v_ss = i_a * rp
+                    self.vc_v = v_ss + (self.vc_v - v_ss) * math.exp(-dt / (rp * cp))
+                elif math.isfinite(rp):
+                    self.vc_v = i_a * rp
+                else:
+                    self.vc_v = 0.0
+                v = i_a * rs + self.vc_v
+                if abs(v) > vc:
+                    # Compliance: the stage cannot drive more voltage; current falls.
+                    sign = 1.0 if v > 0 else -1.0
+                    i_a = (sign * vc - self.vc_v) / rs
+                    if i_a * sign < 0:
+                        i_a = 0.0
+                    v = sign * vc
+                    if cp > 0 and math.isfinite(rp):
+                        self.vc_v = min(abs(self.vc_v), vc) * (1 if self.vc_v >= 0 else -1)
+                i = i_a * 1e6
+        self.i_load_ua = i
+        self.v_out_v = v
+        self.q_net_uc += i * dt
+        self.q_abs_uc += abs(i) * dt
+        # Comparator with a short propagation delay, then the latch opens the relay.
+        if not self.dead_comparator and not self.latched:
+            if abs(i) > self.threshold_ua or self.threshold_ua <= 0.0:
+                if self.latch_pending_s is None:
+                    self.latch_pending_s = self.t_s + self.comparator_delay_s
+                if t_s >= self.latch_pending_s:
+                    self._set_latch(True, self.latch_pending_s)
+                    self.latch_pending_s = None
+                    self._update_relay(t_s)
+            else:
+                self.latch_pending_s = None
+        self.t_s = t_s
+
+    def freeze_dac(self) -> None:
+        self.dac_stuck = True
+        self._stuck_ua = self.i_command_ua
+
+    _stuck_ua = 0.0
+
+    # ---- what the ADC sees ---------------------------------------------------------------------
+    def adc_code(self, channel_role: str) -> int:
+        fe = self.fe
+        if channel_role == "current":
+            i = 0.0 if self.shorted_shunt else self.i_load_ua
+            code = (
+                fe.adc_zero_code
+                + self.adc_offset_codes
+                + (i + self.rng.gauss(0.0, self.adc_noise_ua)) / fe.adc_ua_per_code
+            )
+        elif channel_role == "electrode_voltage":
+            v = self.v_out_v + self.rng.gauss(0.0, self.v_noise_v)
+            code = 2048 + v / fe.electrode_v_per_code
+        elif channel_role == "compliance_rail":
+            code = self.rail_v / fe.rail_v_per_code + self.rng.gauss(0.0, 0.5)
+        elif channel_role == "reference":
+            code = fe.reference_code + self.rng.gauss(0.0, 0.5)
+        else:
+            code = 0.0
+        c = int(code + 0.5)
+        return 0 if c < 0 else 4095 if c > 4095 else c
