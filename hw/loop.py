@@ -1,0 +1,903 @@
+"""The fixed-rate current loop, its real-time runner and its supervisor.
+
+Every tick (default 2 kHz, 500 us) :meth:`ControlLoop.tick`:
+
+1. applies queued commands (from other threads; nothing else crosses threads),
+2. reads the e-stop, charger and hardware-latch lines,
+3. converts the shunt current, the electrode voltage and, alternately, the compliance rail or the
+   ADC reference,
+4. runs every per-sample check against the command written on the previous tick (that is what the
+   plant has had a tick to follow); any failure calls ``Guard.trip``,
+5. computes the next command: waveform x ramped amplitude, corrected by the self-test calibration,
+   a per-polarity gain that learns from settled samples, and a small trim that drains net DC charge,
+6. writes DAC A (every tick: an output that is not re-confirmed is not trusted),
+7. toggles the dead-man kick, only if the output is on and the whole tick succeeded.
+
+Lift-off (current falls while the electrode voltage hits compliance) is not a fault: the output is
+cut at once, the waveform and timers pause, short probe bursts look for the skin again, and after
+``recontact_ms`` of good contact the amplitude ramps up from zero. Everything that is a fault trips.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import math
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from enum import StrEnum
+
+from hw.board import Board
+from hw.bus import SpiFault
+from hw.clock import Clock
+from hw.config import Config
+from hw.safety import Fault, Guard
+from hw.waveform import Waveform, WaveformSpec
+
+
+class OutputState(StrEnum):
+    OFF = "off"
+    POST = "post"
+    RAMP_UP = "ramp_up"
+    ON = "on"
+    RAMP_DOWN = "ramp_down"
+    LIFTED = "lifted"
+    TRIPPED = "tripped"
+
+
+ACTIVE = frozenset({OutputState.RAMP_UP, OutputState.ON, OutputState.RAMP_DOWN, OutputState.LIFTED})
+DRIVING = frozenset({OutputState.RAMP_UP, OutputState.ON, OutputState.RAMP_DOWN})
+
+
+class CommandRefused(Exception):
+    """A command that cannot be carried out now; the message says why. Nothing was changed."""
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the loop is doing, published a few hundred times a second for status and dose."""
+
+    t_s: float
+    state: OutputState
+    target_ua: float
+    amplitude_ua: float
+    measured_ua: float  # recent mean |I| over samples where the output was driving a phase
+    impedance_ohm: float | None
+    contact_quality_pct: float
+    contact: bool
+    charge_uc: float  # delivered, integral of |I|
+    net_charge_uc: float  # integral of I: the DC component
+    peak_ua: float
+    active_s: float  # time the output drove current this treatment (lifted time excluded)
+    lease_left_ms: float | None
+    post_valid: bool
+    fault: dict | None
+    ticks: int
+    overruns: int
+
+
+def _ticks(ms: float, tick_s: float) -> int:
+    return max(1, math.ceil(ms * 1e-3 / tick_s - 1e-9))
+
+
+class ControlLoop:
+    """One board's control loop. ``tick()`` is called by a runner at ``loop.rate_hz``."""
+
+    SNAPSHOT_EVERY = 10
+
+    def __init__(self, cfg: Config, board: Board, clock: Clock, guard: Guard | None = None):
+        self.cfg = cfg
+        self.board = board
+        self.clock = clock
+        self.guard = guard or Guard(board, clock)
+        lim, fe, ch = cfg.limits, cfg.hardware.front_end, cfg.hardware.adc_channels
+        self.tick_s = 1.0 / cfg.loop.rate_hz
+        ts = self.tick_s
+        self._ch_i, self._ch_v = ch.current, ch.electrode_voltage
+        self._aux = (ch.compliance_rail, ch.reference)
+        # Scale factors
+        self._adc_zero = float(fe.adc_zero_code)
+        self._adc_ua = fe.adc_ua_per_code
+        self._v_per = fe.electrode_v_per_code
+        self._v_comp = 0.9 * fe.compliance_v
+        self._dac_zero = fe.dac_zero_code
+        self._dac_ua = fe.dac_ua_per_code
+        # Never command more than the limit plus the most any correction may add.
+        self._max_codes = int(lim.max_current_ua * 1.15 / fe.dac_ua_per_code)
+        # Thresholds, as tick counts where debounced
+        self._oc_ua = lim.overcurrent_trip_ua
+        self._tol_pct = lim.setpoint_tolerance_pct / 100.0
+        self._tol_ua = lim.setpoint_tolerance_ua
+        self._n_oc = _ticks(lim.overcurrent_debounce_ms, ts)
+        self._follow_ratio = lim.follow_ratio
+        self._follow_min = lim.follow_min_ua
+        self._n_follow = _ticks(lim.follow_debounce_ms, ts)
+        self._n_lift = _ticks(lim.lift_debounce_ms, ts)
+        self._z_min, self._z_max = lim.min_impedance_ohm, lim.max_impedance_ohm
+        self._n_z = _ticks(lim.impedance_debounce_ms, ts)
+        self._q_max = lim.max_net_charge_uc
+        self._zero_tol = cfg.hardware.post.zero_tolerance_ua
+        self._n_resid = _ticks(5.0, ts)
+        rail_tol = fe.rail_nominal_v * fe.rail_tolerance_pct / 100.0
+        self._rail_lo = (fe.rail_nominal_v - rail_tol) / fe.rail_v_per_code
+        self._rail_hi = (fe.rail_nominal_v + rail_tol) / fe.rail_v_per_code
+        self._ref_lo = fe.reference_code - fe.reference_tolerance_codes
+        self._ref_hi = fe.reference_code + fe.reference_tolerance_codes
+        self._lease_s = lim.lease_ms / 1000.0
+        self._slew_up = lim.max_current_ua / lim.ramp_up_s  # uA per second
+        self._probe_ua = lim.probe_current_ua
+        self._probe_interval_s = lim.probe_interval_ms / 1000.0
+        self._probe_ticks = 8
+        self._recontact_s = lim.recontact_ms / 1000.0
+        # Calibration (from the self-test) and closed-loop correction
+        self.cal_gain = 1.0  # true uA per nominal uA of the stage
+        self.cal_offset_ua = 0.0  # true uA flowing at a zero command
+        self.adc_offset_codes = 0.0  # ADC reading with nothing flowing
+        self._g = {1.0: 1.0, -1.0: 1.0}  # per-polarity learned gain
+        # State
+        self.state = OutputState.OFF
+        self._cmds: collections.deque[Callable[[], None]] = collections.deque()
+        self.events: collections.deque[tuple[float, str, dict]] = collections.deque(maxlen=1000)
+        self._event_listeners: list[Callable[[float, str, dict], None]] = []
+        self.ticks = 0
+        self.overruns = 0
+        self.last_tick_s = clock.now()
+        self.last_adc_s = clock.now()
+        self._aux_i = 0
+        self._kick = False
+        self._post: Iterator[float] | None = None
+        self._post_wait_until = 0.0
+        self.post_result: dict | None = None
+        self.snapshot: Snapshot | None = None
+        self.guard.listeners.append(self._on_trip)
+        self._reset_treatment()
+        self._publish(clock.now())
+
+    # ------------------------------------------------------------------ treatment bookkeeping
+    def _reset_treatment(self) -> None:
+        self.wave: Waveform | None = None
+        self._pending_wave: WaveformSpec | None = None
+        self.target_ua = 0.0
+        self.amplitude_ua = 0.0
+        self._ramp_down_rate = 0.0
+        self._cmd_prev = 0.0  # uA the plant was told on the previous tick (0 if disabled)
+        self._cmd_prev2 = 0.0
+        self._code0_prev = -1
+        self._n = {k: 0 for k in ("oc", "follow", "lift", "zlo", "zhi", "ref", "rail", "froz")}
+        self._n_resid_count = 0
+        self.q_abs_uc = 0.0
+        self.q_net_uc = 0.0
+        self.peak_ua = 0.0
+        self.active_s = 0.0
+        self._meas_acc = 0.0
+        self._meas_n = 0
+        self.measured_ua = 0.0
+        self.impedance_ohm: float | None = None
+        self._z_ema: float | None = None
+        self.contact = True
+        self.lease_deadline: float | None = None
+        self.max_output_s = self.cfg.limits.max_output_s
+        self._lifted_since = 0.0
+        self._next_probe = 0.0
+        self._probe_left = 0
+        self._probe_sign = 1.0
+        self._probe_good = 0
+        self._probe_bad = 0
+        self._good_since: float | None = None
+        self._v_last = 0.0
+
+    # ------------------------------------------------------------------ commands (any thread)
+    def _queue(self, fn: Callable[[], None]) -> None:
+        self._cmds.append(fn)
+
+    def start(
+        self, spec: WaveformSpec, target_ua: float, *, max_output_s: float | None = None
+    ) -> None:
+        """Start output: ramp from zero to ``target_ua`` with the given waveform.
+
+        Refused unless the self-test passed, nothing is latched, no charger is connected, the
+        e-stop is released and the output is off. ``max_output_s`` can only lower the limit.
+        """
+        self._check_target(target_ua)
+        Waveform(spec, self.tick_s)  # validates that the phases fit
+        reason = self.start_blocker()
+        if reason:
+            raise CommandRefused(reason)
+        limit = self.cfg.limits.max_output_s
+        if max_output_s is not None:
+            if not (max_output_s > 0 and math.isfinite(max_output_s)):
+                raise CommandRefused("max_output_s must be a positive number of seconds")
+            limit = min(limit, max_output_s)
+
+        def apply() -> None:
+            if self.state != OutputState.OFF or self.start_blocker():
+                self._event("start_refused", reason=self.start_blocker() or str(self.state))
+                return
+            self._reset_treatment()
+            self.max_output_s = limit
+            self.wave = Waveform(spec, self.tick_s)
+            self.target_ua = float(target_ua)
+            self.lease_deadline = self.clock.now() + self._lease_s
+            self.board.lines.test_load.off()
+            self.board.lines.output_enable.on()
+            self.board.lines.output_led.on()
+            self.state = OutputState.RAMP_UP
+            self._event("output_on", target_ua=self.target_ua)
+
+        self._queue(apply)
+
+    def start_blocker(self) -> str | None:
+        """Why output cannot start now, or None."""
+        if self.guard.tripped:
+            return f"a fault is latched ({self.guard.fault.code}); acknowledge it first"
+        if not self.guard.post_valid:
+            return "the self-test has not passed since the last start or fault"
+        if self.state != OutputState.OFF:
+            return f"the output is not off (it is {self.state})"
+        lines = self.board.lines
+        if lines.charger_pin.state:
+            return "a charger is connected; the device never treats while charging"
+        if lines.estop_pressed():
+            return "the e-stop is pressed"
+        if lines.latch_pin.state:
+            return "the hardware current latch is tripped; run the self-test"
+        return None
+
+    def _check_target(self, target_ua: float) -> None:
+        lim = self.cfg.limits
+        if not isinstance(target_ua, int | float) or isinstance(target_ua, bool):
+            raise CommandRefused("target_ua must be a number")
+        if not (0 <= target_ua <= lim.level_max_ua) or math.isnan(target_ua):
+            raise CommandRefused(f"target_ua must be 0..{lim.level_max_ua} uA")
+
+    def set_target(self, target_ua: float) -> None:
+        """Change the amplitude; it slews at the ramp rate, never jumps."""
+        self._check_target(target_ua)
+
+        def apply() -> None:
+            if self.state in (OutputState.RAMP_UP, OutputState.ON, OutputState.LIFTED):
+                self.target_ua = float(target_ua)
+                if self.state == OutputState.ON:
+                    self.state = OutputState.RAMP_UP
+
+        self._queue(apply)
+
+    def set_waveform(self, spec: WaveformSpec) -> None:
+        """Switch waveform at the end of the current pair (keeps every pair balanced)."""
+        Waveform(spec, self.tick_s)
+
+        def apply() -> None:
+            if self.wave is not None:
+                self._pending_wave = spec
+
+        self._queue(apply)
+
+    def stop(self) -> None:
+        """Normal stop: ramp down over ``ramp_down_s``, then output off."""
+
+        def apply() -> None:
+            if self.state in DRIVING:
+                self.state = OutputState.RAMP_DOWN
+                self._ramp_down_rate = max(self.amplitude_ua, 1.0) / self.cfg.limits.ramp_down_s
+            elif self.state == OutputState.LIFTED:
+                self._output_off("stopped")
+
+        self._queue(apply)
+
+    def renew_lease(self) -> None:
+        def apply() -> None:
+            if self.state in ACTIVE:
+                self.lease_deadline = self.clock.now() + self._lease_s
+
+        self._queue(apply)
+
+    def estop(self, detail: str = "on-screen STOP") -> None:
+        """Cut at once from the calling thread: no queue, no ramp."""
+        self.guard.trip(Fault.ESTOP, detail)
+
+    def run_post(self) -> None:
+        """Start the power-on self-test (output must be off)."""
+        if self.state not in (OutputState.OFF, OutputState.TRIPPED):
+            raise CommandRefused(f"the self-test needs the output off (it is {self.state})")
+        if self.guard.tripped:
+            raise CommandRefused("acknowledge the fault before the self-test")
+
+        def apply() -> None:
+            if self.state != OutputState.OFF or self.guard.tripped:
+                return
+            from hw.post import post_sequence
+
+            self.state = OutputState.POST
+            self.post_result = None
+            self._post = post_sequence(self)
+            self._post_wait_until = self.clock.now()
+
+        self._queue(apply)
+
+    def acknowledge(self) -> None:
+        """Clear a latched fault once its cause is gone. Raises CommandRefused otherwise."""
+        if self.state == OutputState.POST:
+            raise CommandRefused("the self-test is running")
+        reason = self.guard.acknowledge(self._cause_present)
+        if reason:
+            raise CommandRefused(reason)
+
+        def apply() -> None:
+            if not self.guard.tripped and self.state == OutputState.TRIPPED:
+                self.state = OutputState.OFF
+                self._event("acknowledged")
+
+        self._queue(apply)
+
+    def _cause_present(self) -> str | None:
+        lines = self.board.lines
+        if lines.estop_pressed():
+            return "release the e-stop first"
+        if lines.charger_pin.state:
+            return "unplug the charger first"
+        return None
+
+    def add_event_listener(self, fn: Callable[[float, str, dict], None]) -> None:
+        self._event_listeners.append(fn)
+
+    # ------------------------------------------------------------------ internals
+    def _event(self, kind: str, **data) -> None:
+        t = self.clock.now()
+        self.events.append((t, kind, data))
+        for fn in self._event_listeners:
+            try:
+                fn(t, kind, data)
+            except Exception:  # noqa: BLE001 - observers never disturb the loop
+                pass
+
+    def _on_trip(self, record) -> None:
+        # Called from whichever thread tripped; the loop sees the latch on its next tick.
+        self._event("fault", **record.as_dict())
+
+    def _output_off(self, why: str) -> None:
+        b = self.board
+        b.lines.output_enable.off()
+        with b.bus_lock:
+            b.dac.write_a(self._dac_zero)
+        b.lines.output_led.off()
+        self.state = OutputState.OFF
+        self.amplitude_ua = 0.0
+        self._cmd_prev = 0.0
+        self._event("output_off", reason=why)
+
+    def _to_code(self, ua: float) -> int:
+        """DAC A code for a wanted true current, through the self-test calibration."""
+        nominal = (ua - self.cal_offset_ua) / self.cal_gain
+        code = round(nominal / self._dac_ua)
+        if code > self._max_codes:
+            code = self._max_codes
+        elif code < -self._max_codes:
+            code = -self._max_codes
+        return self._dac_zero + code
+
+    def read_current(self) -> tuple[int, float]:
+        """One shunt conversion: (raw code, uA). For the self-test; the loop reads inline."""
+        code = self.board.adc.read(self._ch_i)
+        return code, (code - self._adc_zero - self.adc_offset_codes) * self._adc_ua
+
+    # ------------------------------------------------------------------ the tick
+    def tick(self) -> None:
+        """One control period. Never raises: every failure becomes a trip."""
+        now = self.clock.now()
+        gap = now - self.last_tick_s
+        self.last_tick_s = now
+        self.ticks += 1
+        try:
+            while self._cmds:
+                self._cmds.popleft()()
+            healthy = self._tick(now, gap)
+        except SpiFault as e:
+            self.guard.trip(Fault.SPI_ERROR, str(e))
+            healthy = False
+        except Exception as e:  # noqa: BLE001 - a bug must still end in the safe state
+            self.guard.trip(Fault.INTERNAL, f"{type(e).__name__}: {e}")
+            healthy = False
+        if self.guard.tripped and self.state != OutputState.TRIPPED:
+            self._enter_tripped()
+        if (
+            healthy
+            and self.state in DRIVING
+            or (self.state == OutputState.LIFTED and healthy and self._probe_left > 0)
+        ):
+            self._kick = not self._kick
+            self.board.lines.kick_pin.state = self._kick
+        if self.ticks % self.SNAPSHOT_EVERY == 0:
+            self._publish(now)
+
+    def _enter_tripped(self) -> None:
+        self.state = OutputState.TRIPPED
+        self._post = None
+        self.amplitude_ua = 0.0
+        self.target_ua = 0.0
+        self._cmd_prev = 0.0
+        self.lease_deadline = None
+        self._publish(self.clock.now())
+
+    def _tick(self, now: float, gap: float) -> bool:
+        g = self.guard
+        b = self.board
+        lines = b.lines
+        state = self.state
+        if g.tripped:
+            return False
+        # -- inputs that matter in every state
+        if not lines.estop_pin.state:
+            g.trip(Fault.ESTOP, "e-stop button")
+            return False
+        active = state in ACTIVE
+        if active:
+            if lines.charger_pin.state:
+                g.trip(Fault.CHARGER, "charger detected during output")
+                return False
+            if lines.latch_pin.state and state != OutputState.LIFTED:
+                g.trip(Fault.HW_OVERCURRENT, "comparator latch set")
+                return False
+            if self.lease_deadline is not None and now > self.lease_deadline:
+                g.trip(Fault.LEASE_EXPIRED, f"lease {self._lease_s * 1000:.0f} ms not renewed")
+                return False
+            if gap > self.cfg.loop.stall_ms / 1000.0:
+                g.trip(Fault.LOOP_STALL, f"loop resumed after {gap * 1000:.1f} ms")
+                return False
+        if state == OutputState.POST:
+            return self._post_tick(now)
+
+        # -- sample
+        adc = b.adc
+        with b.bus_lock:
+            c0 = adc.read(self._ch_i)
+            c1 = adc.read(self._ch_v)
+            self._aux_i ^= 1
+            aux_ch = self._aux[self._aux_i]
+            ca = adc.read(aux_ch)
+        self.last_adc_s = now
+        i = (c0 - self._adc_zero - self.adc_offset_codes) * self._adc_ua
+        v = (c1 - 2048) * self._v_per
+        self._v_last = v
+        n = self._n
+
+        # -- checks that hold in every state
+        if c0 <= 0 or c0 >= 4095:
+            g.trip(Fault.ADC_SATURATED, f"current channel code {c0}")
+            return False
+        ai = i if i >= 0 else -i
+        if ai > self._oc_ua:
+            g.trip(Fault.OVERCURRENT, f"{i:.0f} uA measured, limit {self._oc_ua:.0f} uA")
+            return False
+        if self._aux_i:  # reference channel this tick
+            if ca < self._ref_lo or ca > self._ref_hi:
+                n["ref"] += 1
+                if n["ref"] >= 2:
+                    g.trip(Fault.ADC_REFERENCE, f"reference code {ca}")
+                    return False
+            else:
+                n["ref"] = 0
+        else:
+            if ca < self._rail_lo or ca > self._rail_hi:
+                n["rail"] += 1
+                if n["rail"] >= 3:
+                    g.trip(Fault.RAIL, f"rail code {ca}")
+                    return False
+            else:
+                n["rail"] = 0
+        prev = self._cmd_prev
+        aprev = prev if prev >= 0 else -prev
+        # A conversion that does not move although the command moved by a lot: a frozen ADC.
+        if c0 == self._code0_prev:
+            d = prev - self._cmd_prev2
+            if d >= self._follow_min or d <= -self._follow_min:
+                n["froz"] += 1
+                if n["froz"] >= 2:
+                    g.trip(Fault.ADC_STUCK, f"code {c0} unchanged while the command moved")
+                    return False
+        else:
+            n["froz"] = 0
+        self._code0_prev = c0
+
+        if not active or (state == OutputState.LIFTED and self._probe_left == 0):
+            # Output disabled: nothing may flow.
+            if ai > self._zero_tol and not lines.enable_pin.state:
+                self._n_resid_count += 1
+                if self._n_resid_count >= self._n_resid:
+                    g.trip(Fault.RESIDUAL_CURRENT, f"{i:.1f} uA with the output off")
+                    return False
+            else:
+                self._n_resid_count = 0
+            if state == OutputState.LIFTED:
+                return self._lifted_tick(now, i, v)
+            return True
+
+        # -- output on: dose accounting and the checks against the previous command
+        dt = self.tick_s
+        self.q_net_uc += i * dt
+        self.q_abs_uc += ai * dt
+        if state != OutputState.LIFTED:
+            self.active_s += dt
+        if ai > self.peak_ua:
+            self.peak_ua = ai
+        if self.q_net_uc > self._q_max or self.q_net_uc < -self._q_max:
+            g.trip(Fault.NET_CHARGE, f"net {self.q_net_uc:.1f} uC, limit {self._q_max:.0f} uC")
+            return False
+        if self.active_s > self.max_output_s:
+            g.trip(Fault.OUTPUT_TIME, f"{self.active_s:.0f} s of output")
+            return False
+        if state == OutputState.LIFTED:
+            return self._lifted_tick(now, i, v)
+
+        allowed = aprev + max(aprev * self._tol_pct, self._tol_ua)
+        if ai > allowed or (prev * i < 0 and ai > self._tol_ua):
+            n["oc"] += 1
+            if n["oc"] >= self._n_oc:
+                g.trip(
+                    Fault.OVERCURRENT_SETPOINT,
+                    f"{i:.0f} uA measured for a {prev:.0f} uA command",
+                )
+                return False
+        else:
+            n["oc"] = 0
+        av = v if v >= 0 else -v
+        if aprev >= self._follow_min and ai < self._follow_ratio * aprev:
+            if av >= self._v_comp:
+                n["lift"] += 1
+                n["follow"] = 0
+                if n["lift"] >= self._n_lift:
+                    self._lift(now, "open load at compliance")
+                    return True
+            else:
+                n["follow"] += 1
+                n["lift"] = 0
+                if n["follow"] >= self._n_follow:
+                    g.trip(
+                        Fault.OPEN_CIRCUIT,
+                        f"{i:.1f} uA for a {prev:.0f} uA command at {v:.2f} V",
+                    )
+                    return False
+        else:
+            n["lift"] = n["follow"] = 0
+        # Settled: the same polarity and (within trim) the same amplitude as the tick before.
+        p2 = self._cmd_prev2
+        settled = (
+            aprev >= self._follow_min and prev * p2 > 0 and -0.03 * aprev < prev - p2 < 0.03 * aprev
+        )
+        if settled and prev * i > 0 and av < self._v_comp:
+            z = v / i * 1e6
+            if z < self._z_min:
+                n["zlo"] += 1
+                if n["zlo"] >= self._n_z:
+                    g.trip(Fault.IMPEDANCE_LOW, f"{z:.0f} ohm")
+                    return False
+            else:
+                n["zlo"] = 0
+            ze = self._z_ema
+            self._z_ema = z if ze is None else ze + 0.05 * (z - ze)
+            self.impedance_ohm = self._z_ema
+        if aprev >= self._follow_min and (
+            av >= self._v_comp
+            or (self.impedance_ohm is not None and self.impedance_ohm > self._z_max)
+        ):
+            # Compliance-limited or poor contact: too little skin to treat safely.
+            n["zhi"] += 1
+            if n["zhi"] >= self._n_z:
+                self._lift(now, "impedance above limit")
+                return True
+        else:
+            n["zhi"] = 0
+        if aprev >= self._follow_min:
+            self._meas_acc += ai
+            self._meas_n += 1
+            # Learn the per-polarity gain on settled samples, not while compliance-limited.
+            if settled and av < self._v_comp and prev * i > 0:
+                s = 1.0 if prev > 0 else -1.0
+                gk = self._g[s] * (1.0 + 0.02 * (prev - i) / prev * s * s)
+                self._g[s] = 0.9 if gk < 0.9 else 1.1 if gk > 1.1 else gk
+
+        # -- next command
+        return self._drive(now)
+
+    def _drive(self, now: float) -> bool:
+        dt = self.tick_s
+        state = self.state
+        amp, target = self.amplitude_ua, self.target_ua
+        if state == OutputState.RAMP_DOWN:
+            amp -= self._ramp_down_rate * dt
+            if amp <= 0.0:
+                self.amplitude_ua = 0.0
+                self._output_off("stopped")
+                self._cmd_prev2, self._cmd_prev = self._cmd_prev, 0.0
+                return True
+        elif amp < target:
+            amp = min(target, amp + self._slew_up * dt)
+        elif amp > target:
+            amp = max(target, amp - self._slew_up * dt)
+        if state == OutputState.RAMP_UP and amp == target:
+            self.state = OutputState.ON
+        self.amplitude_ua = amp
+        wave = self.wave
+        out, pair_end = wave.step(amp)
+        if out:
+            s = 1.0 if out > 0 else -1.0
+            # Drain any net charge (a lift mid-pair, a ramp-down) slowly and within 5 %.
+            trim = -self.q_net_uc / 2.0
+            lim = 0.05 * amp
+            trim = lim if trim > lim else -lim if trim < -lim else trim
+            cmd = out + trim
+            code = self._to_code(cmd * self._g[s])
+        else:
+            cmd = 0.0
+            code = self._to_code(0.0)
+        b = self.board
+        with b.bus_lock:
+            if self.guard.tripped:  # a trip from another thread won the race: stay at zero
+                return False
+            b.dac.write_a(code)
+        self._cmd_prev2, self._cmd_prev = self._cmd_prev, cmd
+        if pair_end and self._pending_wave is not None:
+            self.wave = Waveform(self._pending_wave, self.tick_s)
+            self.wave.first = wave.first
+            self._pending_wave = None
+        return True
+
+    # ------------------------------------------------------------------ contact loss
+    def _lift(self, now: float, why: str) -> None:
+        """Contact lost: cut now (enable low, DAC zero), pause, and start looking for skin."""
+        b = self.board
+        b.lines.output_enable.off()
+        with b.bus_lock:
+            b.dac.write_a(self._to_code(0.0))
+        self.state = OutputState.LIFTED
+        self.contact = False
+        self.amplitude_ua = 0.0
+        self._cmd_prev = self._cmd_prev2 = 0.0
+        self._lifted_since = now
+        self._next_probe = now + self._probe_interval_s
+        self._probe_left = 0
+        self._good_since = None
+        for k in ("lift", "follow", "zhi", "zlo", "oc"):
+            self._n[k] = 0
+        self._event("contact_lost", reason=why)
+
+    def _lifted_tick(self, now: float, i: float, v: float) -> bool:
+        b = self.board
+        if self._probe_left == 0:
+            if now < self._next_probe:
+                return True
+            # Start a probe burst: a small current, alternating polarity burst to burst.
+            self._probe_left = self._probe_ticks
+            self._probe_good = self._probe_bad = 0
+            self._probe_sign = -self._probe_sign
+            b.lines.output_enable.on()
+            with b.bus_lock:
+                b.dac.write_a(self._to_code(self._probe_sign * self._probe_ua))
+            self._cmd_prev = self._probe_sign * self._probe_ua
+            return True
+        # Inside a burst: judge the settled samples.
+        self._probe_left -= 1
+        if self._probe_left < self._probe_ticks - 2:
+            ok = abs(i) >= 0.6 * self._probe_ua and abs(v) < self._v_comp
+            if ok:
+                self._probe_good += 1
+            else:
+                self._probe_bad += 1
+        if self._probe_left > 0:
+            return True
+        # Burst over: output off again and decide.
+        b.lines.output_enable.off()
+        with b.bus_lock:
+            b.dac.write_a(self._to_code(0.0))
+        self._cmd_prev = 0.0
+        self._next_probe = now + self._probe_interval_s
+        if self._probe_good and not self._probe_bad:
+            if self._good_since is None:
+                self._good_since = now
+            if now - self._good_since >= self._recontact_s:
+                self._resume(now)
+        else:
+            self._good_since = None
+        return True
+
+    def _resume(self, now: float) -> None:
+        """Skin found again: ramp from zero (no sting), timers run again."""
+        self.contact = True
+        self.amplitude_ua = 0.0
+        self._z_ema = None
+        self.board.lines.output_enable.on()
+        self.state = OutputState.RAMP_UP
+        self._event("contact_restored", lifted_s=round(now - self._lifted_since, 3))
+
+    # ------------------------------------------------------------------ self-test
+    def _post_tick(self, now: float) -> bool:
+        if now < self._post_wait_until:
+            return True
+        try:
+            wait = next(self._post)
+        except StopIteration:
+            self._post = None
+            if not self.guard.tripped:
+                self.state = OutputState.OFF
+            return True
+        self._post_wait_until = now + wait
+        return True
+
+    def kick_once(self) -> None:
+        """Toggle the dead-man line (the self-test drives it directly)."""
+        self._kick = not self._kick
+        self.board.lines.kick_pin.state = self._kick
+
+    # ------------------------------------------------------------------ status
+    def _publish(self, now: float) -> None:
+        if self._meas_n:
+            self.measured_ua = self._meas_acc / self._meas_n
+            self._meas_acc = 0.0
+            self._meas_n = 0
+        elif self.state not in DRIVING:
+            self.measured_ua = 0.0
+        lease_left = None
+        if self.lease_deadline is not None:
+            lease_left = max(0.0, (self.lease_deadline - now) * 1000.0)
+        z = self.impedance_ohm
+        if not self.contact:
+            quality = 0.0
+        elif z is None:
+            quality = 100.0 if self.state in DRIVING else 0.0
+        else:
+            # 100 % up to 5 kOhm, falling on a log scale to 0 % at max_impedance_ohm.
+            lo, hi = math.log(5000.0), math.log(self._z_max)
+            quality = 100.0 * min(1.0, max(0.0, (hi - math.log(max(z, 1.0))) / (hi - lo)))
+        fault = self.guard.fault
+        self.snapshot = Snapshot(
+            t_s=now,
+            state=self.state,
+            target_ua=self.target_ua,
+            amplitude_ua=self.amplitude_ua,
+            measured_ua=self.measured_ua,
+            impedance_ohm=z,
+            contact_quality_pct=quality,
+            contact=self.contact,
+            charge_uc=self.q_abs_uc,
+            net_charge_uc=self.q_net_uc,
+            peak_ua=self.peak_ua,
+            active_s=self.active_s,
+            lease_left_ms=lease_left,
+            post_valid=self.guard.post_valid,
+            fault=fault.as_dict() if fault else None,
+            ticks=self.ticks,
+            overruns=self.overruns,
+        )
+
+
+# ---------------------------------------------------------------------- real-time runner
+
+_PR_SET_TIMERSLACK = 29
+
+
+def _tune_thread(priority: int) -> str:
+    """Ask for 1 ns timer slack and SCHED_FIFO; report what the OS granted."""
+    notes = []
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0) == 0:
+            notes.append("timerslack=1ns")
+    except OSError:
+        pass
+    if priority > 0 and hasattr(os, "sched_setscheduler"):
+        try:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
+            notes.append(f"SCHED_FIFO {priority}")
+        except (PermissionError, OSError):
+            notes.append("best effort (no real-time priority)")
+    return ", ".join(notes) or "best effort"
+
+
+class LoopRunner:
+    """Runs a ControlLoop at its rate on its own thread, in real time."""
+
+    def __init__(self, loop: ControlLoop, stats_size: int = 20000):
+        self.loop = loop
+        self.period_s = loop.tick_s
+        self.spin_s = loop.cfg.loop.spin_us * 1e-6
+        self.late_us: collections.deque[float] = collections.deque(maxlen=stats_size)
+        self.cost_us: collections.deque[float] = collections.deque(maxlen=stats_size)
+        self.sched_note = ""
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._stall_s = 0.0
+        self.started = threading.Event()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="current-loop", daemon=True)
+        self._thread.start()
+        self.started.wait(2.0)
+
+    def inject_stall(self, seconds: float) -> None:
+        """Fault injection: the next tick blocks for ``seconds`` (a hung loop)."""
+        self._stall_s = seconds
+
+    def _run(self) -> None:
+        self.sched_note = _tune_thread(self.loop.cfg.loop.realtime_priority)
+        loop = self.loop
+        pc = time.perf_counter
+        period, spin = self.period_s, self.spin_s
+        late, cost = self.late_us, self.cost_us
+        nxt = pc() + period
+        self.started.set()
+        while not self._stop.is_set():
+            rem = nxt - pc() - spin
+            if rem > 0:
+                time.sleep(rem)
+            while pc() < nxt:
+                pass
+            t0 = pc()
+            late.append((t0 - nxt) * 1e6)
+            if self._stall_s:
+                s, self._stall_s = self._stall_s, 0.0
+                time.sleep(s)
+            loop.tick()
+            t1 = pc()
+            cost.append((t1 - t0) * 1e6)
+            nxt += period
+            if t1 > nxt:
+                # Missed deadlines: skip ahead instead of bursting to catch up.
+                missed = int((t1 - nxt) / period) + 1
+                loop.overruns += missed
+                nxt += missed * period
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)
+
+
+class Supervisor:
+    """Another thread that trips when the loop stops ticking. Also the watchdog's health view."""
+
+    def __init__(self, loop: ControlLoop, clock: Clock):
+        self.loop = loop
+        self.clock = clock
+        self.stall_s = loop.cfg.loop.stall_ms / 1000.0
+        self.adc_stale_s = loop.cfg.loop.adc_stale_ms / 1000.0
+        self.period_s = loop.cfg.loop.supervisor_period_ms / 1000.0
+        self.last_check_s = clock.now()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> bool:
+        """One supervision pass; returns whether the loop is fresh."""
+        now = self.clock.now()
+        self.last_check_s = now
+        fresh = now - self.loop.last_tick_s <= self.stall_s
+        if not fresh and self.loop.state in ACTIVE | {OutputState.POST}:
+            self.loop.guard.trip(
+                Fault.LOOP_STALL, f"no tick for {(now - self.loop.last_tick_s) * 1000:.1f} ms"
+            )
+        return fresh
+
+    def healthy(self) -> bool:
+        """All liveness inputs fresh: the loop ticks, the ADC answers, the supervisor runs."""
+        now = self.clock.now()
+        loop = self.loop
+        return (
+            now - loop.last_tick_s <= self.stall_s
+            and now - loop.last_adc_s <= max(self.adc_stale_s, self.stall_s)
+            and now - self.last_check_s <= 10 * self.period_s
+        )
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="loop-supervisor", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        _tune_thread(max(0, self.loop.cfg.loop.realtime_priority - 1))
+        while not self._stop.wait(self.period_s):
+            self.check()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(2.0)

@@ -1,0 +1,213 @@
+"""Power-on self-test (POST): proves every layer of the safety chain before any output.
+
+The test runs inside the control loop's ticks (a generator that yields how long to wait), so it
+owns the bus like the loop does and runs the same in simulated and real time. All driving goes into
+the internal test load, never the electrodes. Steps:
+
+1. ADC reference channel and compliance rail in range.
+2. Output disabled: nothing flows; the ADC's zero offset is measured.
+3. Comparator threshold set (DAC B) and the hardware latch re-armed: it must clear.
+4. +/- check current into the test load through the relay: read back within tolerance; this gives
+   the stage's gain and offset (the calibration the loop uses).
+5. Hardware latch: threshold lowered below the test current -> the latch must trip and cut the
+   current; threshold restored and re-armed -> it must clear.
+6. Dead-man: kicks stop while enabled -> the relay must drop within the monostable time.
+7. Relay: enable low while the DAC drives -> no current may flow (a welded relay fails here).
+
+A failure trips ``POST_FAILED`` with the step and the figures; a pass sets ``guard.post_valid``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from hw.chips.mcp4922 import CHANNEL_B, DacWord
+from hw.safety import Fault
+
+if TYPE_CHECKING:
+    from hw.loop import ControlLoop
+
+
+class PostFailure(Exception):
+    pass
+
+
+def _mean_current(loop: ControlLoop, n: int) -> float:
+    total = 0.0
+    with loop.board.bus_lock:
+        for _ in range(n):
+            total += loop.read_current()[1]
+    return total / n
+
+
+def _read(loop: ControlLoop, channel: int, n: int = 4) -> float:
+    with loop.board.bus_lock:
+        return sum(loop.board.adc.read(channel) for _ in range(n)) / n
+
+
+def _set_dac(loop: ControlLoop, code: int) -> None:
+    with loop.board.bus_lock:
+        loop.board.dac.write_a(code)
+
+
+def _set_threshold(loop: ControlLoop, ua: float) -> None:
+    fe = loop.cfg.hardware.front_end
+    code = max(1, min(4095, round(ua / fe.threshold_ua_per_code)))
+    with loop.board.bus_lock:
+        loop.board.dac.write(DacWord(CHANNEL_B, code))
+
+
+def _rearm(loop: ControlLoop) -> Iterator[float]:
+    lines = loop.board.lines
+    lines.latch_rearm.on()
+    yield 0.0005
+    lines.latch_rearm.off()
+    yield 0.0005
+
+
+def _kick_for(loop: ControlLoop, seconds: float) -> Iterator[float]:
+    """Keep the dead-man alive for ``seconds`` (one toggle per tick)."""
+    ticks = max(1, round(seconds / loop.tick_s))
+    for _ in range(ticks):
+        loop.kick_once()
+        yield 0.0
+
+
+def post_sequence(loop: ControlLoop) -> Iterator[float]:
+    """The self-test as a generator of waits (s). Trips POST_FAILED on any failed step."""
+    cfg = loop.cfg
+    fe, post = cfg.hardware.front_end, cfg.hardware.post
+    ch = cfg.hardware.adc_channels
+    lines = loop.board.lines
+    result: dict = {"passed": False, "steps": []}
+    loop.post_result = None
+    loop.guard.post_valid = False
+    step = "start"
+
+    def note(name: str, **figures) -> None:
+        result["steps"].append({"step": name, **{k: round(v, 3) for k, v in figures.items()}})
+
+    try:
+        lines.output_enable.off()
+        lines.test_load.off()
+        _set_dac(loop, fe.dac_zero_code)
+        yield 0.002
+
+        step = "reference"
+        ref = _read(loop, ch.reference)
+        if abs(ref - fe.reference_code) > fe.reference_tolerance_codes:
+            raise PostFailure(f"reference reads {ref:.0f}, expected {fe.reference_code}")
+        rail_v = _read(loop, ch.compliance_rail) * fe.rail_v_per_code
+        if abs(rail_v - fe.rail_nominal_v) > fe.rail_nominal_v * fe.rail_tolerance_pct / 100:
+            raise PostFailure(f"compliance rail {rail_v:.2f} V, expected {fe.rail_nominal_v} V")
+        note("reference", reference_code=ref, rail_v=rail_v)
+
+        step = "zero"
+        loop.adc_offset_codes = 0.0
+        with loop.board.bus_lock:
+            codes = [loop.board.adc.read(ch.current) for _ in range(32)]
+        offset = sum(codes) / len(codes) - fe.adc_zero_code
+        zero_ua = offset * fe.adc_ua_per_code
+        if abs(zero_ua) > post.zero_tolerance_ua:
+            raise PostFailure(f"{zero_ua:.1f} uA flows with the output disabled")
+        loop.adc_offset_codes = offset
+        note("zero", offset_codes=offset)
+
+        step = "latch_rearm"
+        _set_threshold(loop, cfg.limits.hw_overcurrent_ua)
+        yield 0.001
+        yield from _rearm(loop)
+        if lines.latch_pin.state:
+            raise PostFailure("the hardware latch does not re-arm")
+        note("latch_rearm")
+
+        step = "calibration"
+        lines.test_load.on()
+        lines.output_enable.on()
+        loop.cal_gain, loop.cal_offset_ua = 1.0, 0.0
+        measured = {}
+        for sign in (1.0, -1.0):
+            want = sign * post.check_current_ua
+            _set_dac(loop, loop._to_code(want))
+            yield from _kick_for(loop, 0.004)
+            measured[sign] = _mean_current(loop, 16)
+            yield from _kick_for(loop, 0.0005)
+        _set_dac(loop, fe.dac_zero_code)
+        for sign, m in measured.items():
+            want = sign * post.check_current_ua
+            tol = max(post.tolerance_ua, abs(want) * post.tolerance_pct / 100)
+            if abs(m - want) > tol:
+                raise PostFailure(
+                    f"drove {want:+.0f} uA into the test load, read {m:+.1f} uA "
+                    f"(tolerance {tol:.0f})"
+                )
+        gain = (measured[1.0] - measured[-1.0]) / (2 * post.check_current_ua)
+        offset_ua = (measured[1.0] + measured[-1.0]) / 2
+        loop.cal_gain, loop.cal_offset_ua = gain, offset_ua
+        note(
+            "calibration",
+            plus_ua=measured[1.0],
+            minus_ua=measured[-1.0],
+            gain=gain,
+            offset_ua=offset_ua,
+        )
+
+        step = "latch_trip"
+        _set_dac(loop, loop._to_code(post.check_current_ua))
+        yield from _kick_for(loop, 0.002)
+        _set_threshold(loop, post.check_current_ua * 0.5)
+        yield from _kick_for(loop, 0.002)
+        tripped = bool(lines.latch_pin.state)
+        i_after = _mean_current(loop, 4)
+        if not tripped:
+            raise PostFailure("the hardware latch did not trip above its threshold")
+        if abs(i_after) > post.zero_tolerance_ua:
+            raise PostFailure(f"the latch tripped but {i_after:.1f} uA still flows")
+        _set_dac(loop, fe.dac_zero_code)
+        _set_threshold(loop, cfg.limits.hw_overcurrent_ua)
+        yield from _kick_for(loop, 0.001)
+        yield from _rearm(loop)
+        if lines.latch_pin.state:
+            raise PostFailure("the hardware latch does not re-arm after a trip")
+        note("latch_trip", current_after_ua=i_after)
+
+        step = "deadman"
+        _set_dac(loop, loop._to_code(post.check_current_ua))
+        yield from _kick_for(loop, 0.004)
+        flowing = _mean_current(loop, 4)
+        if abs(flowing) < post.check_current_ua * 0.5:
+            raise PostFailure(
+                f"no current through the relay before the dead-man test: {flowing:.1f}"
+            )
+        yield fe.deadman_ms / 1000.0 + 0.005  # no kicks: the monostable must drop the relay
+        after = _mean_current(loop, 4)
+        if abs(after) > post.zero_tolerance_ua:
+            raise PostFailure(
+                f"{after:.1f} uA still flows {fe.deadman_ms + 5:.0f} ms after the kicks stopped"
+            )
+        note("deadman", before_ua=flowing, after_ua=after)
+
+        step = "relay"
+        lines.output_enable.off()
+        yield from _kick_for(loop, 0.004)  # kicks alive, enable low: only the relay can cut
+        leak = _mean_current(loop, 8)
+        if abs(leak) > post.zero_tolerance_ua:
+            raise PostFailure(f"{leak:.1f} uA flows with the relay commanded open (welded?)")
+        note("relay", leak_ua=leak)
+
+        _set_dac(loop, fe.dac_zero_code)
+        lines.test_load.off()
+        result["passed"] = True
+        loop.guard.post_valid = True
+        loop.post_result = result
+        loop._event("post", passed=True)
+    except PostFailure as e:
+        result["failed_step"] = step
+        result["reason"] = str(e)
+        loop.post_result = result
+        loop._event("post", passed=False, step=step, reason=str(e))
+        loop.guard.trip(Fault.POST_FAILED, f"{step}: {e}")
+    finally:
+        lines.output_enable.off()
+        lines.test_load.off()

@@ -1,0 +1,248 @@
+"""Fault codes and the one shutdown path: :meth:`Guard.trip`.
+
+Every fault, from any thread, ends in ``Guard.trip(code)``. It is idempotent and latched:
+
+1. output enable low (the relay opens; needs no SPI, so it works even with a hung bus),
+2. DAC A to its zero code and both channels shut down (the second path to zero; channel B shut
+   down also trips the hardware over-current latch),
+3. LED off, test load deselected,
+4. the first fault is latched with its code, a plain-language message and the time; later trips
+   keep the first reason (they are counted),
+5. listeners are told (without blocking: they only queue).
+
+While latched, nothing enables the output. Only :meth:`Guard.acknowledge` clears the latch, and only
+once the cause is gone (e-stop released, charger unplugged). Faults of the hardware path also
+invalidate the self-test, so a new POST must pass before any output.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import StrEnum
+
+from hw.board import Board
+from hw.clock import Clock
+
+
+class Fault(StrEnum):
+    OVERCURRENT = "OVERCURRENT"
+    OVERCURRENT_SETPOINT = "OVERCURRENT_SETPOINT"
+    HW_OVERCURRENT = "HW_OVERCURRENT"
+    OPEN_CIRCUIT = "OPEN_CIRCUIT"
+    IMPEDANCE_LOW = "IMPEDANCE_LOW"
+    ADC_SATURATED = "ADC_SATURATED"
+    ADC_STUCK = "ADC_STUCK"
+    ADC_REFERENCE = "ADC_REFERENCE"
+    RAIL = "RAIL"
+    SPI_ERROR = "SPI_ERROR"
+    NET_CHARGE = "NET_CHARGE"
+    RESIDUAL_CURRENT = "RESIDUAL_CURRENT"
+    OUTPUT_TIME = "OUTPUT_TIME"
+    CHARGER = "CHARGER"
+    ESTOP = "ESTOP"
+    LEASE_EXPIRED = "LEASE_EXPIRED"
+    LOOP_STALL = "LOOP_STALL"
+    POST_FAILED = "POST_FAILED"
+    INTERNAL = "INTERNAL"
+    SHUTDOWN = "SHUTDOWN"
+    UNACKNOWLEDGED = "UNACKNOWLEDGED"
+
+
+# (message for the person, what to do). Written for the fault screen and the service log.
+FAULT_TEXT: dict[Fault, tuple[str, str]] = {
+    Fault.OVERCURRENT: (
+        "The current rose above the safety limit.",
+        "Stop using the device and contact service.",
+    ),
+    Fault.OVERCURRENT_SETPOINT: (
+        "The current was higher than the level asked for.",
+        "Stop using the device and contact service.",
+    ),
+    Fault.HW_OVERCURRENT: (
+        "The hardware current limit tripped.",
+        "Stop using the device and contact service.",
+    ),
+    Fault.OPEN_CIRCUIT: (
+        "The current did not follow the setting although the electrodes seemed connected.",
+        "Check the electrode cable. If it happens again, contact service.",
+    ),
+    Fault.IMPEDANCE_LOW: (
+        "The two electrodes touched each other.",
+        "Keep the electrodes apart on the skin, then acknowledge and start again.",
+    ),
+    Fault.ADC_SATURATED: (
+        "The current measurement went off its scale.",
+        "Stop using the device and contact service.",
+    ),
+    Fault.ADC_STUCK: (
+        "The current measurement stopped changing.",
+        "Restart the device. If it happens again, contact service.",
+    ),
+    Fault.ADC_REFERENCE: (
+        "The measurement reference is out of range.",
+        "Restart the device. If it happens again, contact service.",
+    ),
+    Fault.RAIL: (
+        "The output supply voltage is out of range.",
+        "Restart the device. If it happens again, contact service.",
+    ),
+    Fault.SPI_ERROR: (
+        "Communication with the output electronics failed.",
+        "Restart the device. If it happens again, contact service.",
+    ),
+    Fault.NET_CHARGE: (
+        "The treatment current became unbalanced (a direct-current component).",
+        "Stop using the device and contact service.",
+    ),
+    Fault.RESIDUAL_CURRENT: (
+        "Current flowed while the output was off.",
+        "Stop using the device and contact service.",
+    ),
+    Fault.OUTPUT_TIME: (
+        "The treatment reached its maximum time.",
+        "Acknowledge; the treatment is over.",
+    ),
+    Fault.CHARGER: (
+        "A charger or mains adapter is connected.",
+        "Unplug the charger, then acknowledge. The device never treats while charging.",
+    ),
+    Fault.ESTOP: (
+        "The stop button was pressed.",
+        "Release the stop button, then acknowledge.",
+    ),
+    Fault.LEASE_EXPIRED: (
+        "The screen stopped responding, so the output was switched off.",
+        "Acknowledge and start again.",
+    ),
+    Fault.LOOP_STALL: (
+        "The output control stopped running on time.",
+        "Restart the device. If it happens again, contact service.",
+    ),
+    Fault.POST_FAILED: (
+        "The self-test failed.",
+        "Restart the device. If it happens again, contact service.",
+    ),
+    Fault.INTERNAL: (
+        "An internal error stopped the output.",
+        "Restart the device. If it happens again, contact service.",
+    ),
+    Fault.SHUTDOWN: (
+        "The device was shut down during output.",
+        "Acknowledge and start again.",
+    ),
+    Fault.UNACKNOWLEDGED: (
+        "A fault before the last restart was never acknowledged.",
+        "Read the history, then acknowledge.",
+    ),
+}
+
+# After these the hardware path itself is in doubt: a new self-test must pass before any output.
+NEEDS_POST = frozenset(
+    {
+        Fault.OVERCURRENT,
+        Fault.OVERCURRENT_SETPOINT,
+        Fault.HW_OVERCURRENT,
+        Fault.OPEN_CIRCUIT,
+        Fault.ADC_SATURATED,
+        Fault.ADC_STUCK,
+        Fault.ADC_REFERENCE,
+        Fault.RAIL,
+        Fault.SPI_ERROR,
+        Fault.NET_CHARGE,
+        Fault.RESIDUAL_CURRENT,
+        Fault.LOOP_STALL,
+        Fault.POST_FAILED,
+        Fault.INTERNAL,
+    }
+)
+
+
+@dataclass(frozen=True)
+class FaultRecord:
+    code: Fault
+    message: str
+    action: str
+    detail: str
+    t_s: float  # board clock
+
+    def as_dict(self) -> dict:
+        return {
+            "code": str(self.code),
+            "message": self.message,
+            "action": self.action,
+            "detail": self.detail,
+        }
+
+
+class Guard:
+    """Owns the trip latch and the safe state of one board. Thread-safe."""
+
+    BUS_LOCK_TIMEOUT_S = 0.002
+
+    def __init__(self, board: Board, clock: Clock):
+        self._board = board
+        self._clock = clock
+        self._lock = threading.Lock()
+        self.fault: FaultRecord | None = None
+        self.trip_count = 0
+        self.post_valid = False
+        self.listeners: list[Callable[[FaultRecord], None]] = []
+        self.safe_state_errors = 0
+
+    @property
+    def tripped(self) -> bool:
+        return self.fault is not None
+
+    def trip(self, code: Fault, detail: str = "") -> FaultRecord:
+        """Cut the output at once and latch ``code`` (the first fault wins). Idempotent."""
+        b = self._board
+        # 1. Relay open. First, and outside every lock: it must not wait for anything.
+        try:
+            b.lines.output_enable.off()
+        except Exception:  # noqa: BLE001 - the DAC path below is the second chance
+            self.safe_state_errors += 1
+        with self._lock:
+            first = self.fault is None
+            self.trip_count += 1
+            if first:
+                message, action = FAULT_TEXT[code]
+                self.fault = FaultRecord(code, message, action, detail, self._clock.now())
+                if code in NEEDS_POST:
+                    self.post_valid = False
+            record = self.fault
+        # 2. DAC to zero and shut down. If the loop holds the bus (or the bus hangs) the relay is
+        #    already open and the dead-man stops being kicked; don't wait long.
+        got = b.bus_lock.acquire(timeout=self.BUS_LOCK_TIMEOUT_S)
+        try:
+            b.dac.shutdown(b.zero_code)
+        except Exception:  # noqa: BLE001
+            self.safe_state_errors += 1
+        finally:
+            if got:
+                b.bus_lock.release()
+        # 3. Indicators and the test load.
+        for dev in (b.lines.output_led, b.lines.test_load):
+            try:
+                dev.off()
+            except Exception:  # noqa: BLE001
+                self.safe_state_errors += 1
+        if first:
+            for listener in list(self.listeners):
+                try:
+                    listener(record)
+                except Exception:  # noqa: BLE001 - a listener must never undo a trip
+                    pass
+        return record
+
+    def acknowledge(self, cause_present: Callable[[], str | None]) -> str | None:
+        """Clear the latch. Returns None on success or the reason it cannot be cleared yet."""
+        with self._lock:
+            if self.fault is None:
+                return None
+            reason = cause_present()
+            if reason:
+                return reason
+            self.fault = None
+            return None
