@@ -157,6 +157,7 @@ class Pins(_Strict):
     buzzer: int = _rng(2, 27)
     output_led: int = _rng(2, 27)
     charger: int = _rng(2, 27)
+    dac_shutdown: int = _rng(2, 27)  # to the DAC's /SHDN pin: a path to zero without SPI
 
 
 class AdcChannels(_Strict):

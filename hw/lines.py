@@ -25,6 +25,11 @@ class Lines:
         )
         self._devices = [self.output_enable]
         try:
+            # Hardware /SHDN of the DAC: low (and pulled down) = both channels shut down, so the
+            # stage input sits at zero current whatever the SPI bus is doing.
+            self.dac_shutdown = self._add(
+                DigitalOutputDevice(pins.dac_shutdown, initial_value=False, pin_factory=f)
+            )
             self.deadman_kick = self._add(
                 DigitalOutputDevice(pins.deadman_kick, initial_value=False, pin_factory=f)
             )
@@ -72,6 +77,8 @@ class Lines:
         try:
             if not self.output_enable.closed:
                 self.output_enable.off()
+            if hasattr(self, "dac_shutdown") and not self.dac_shutdown.closed:
+                self.dac_shutdown.off()
         finally:
             for d in reversed(self._devices):
                 try:

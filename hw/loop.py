@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import collections
 import ctypes
+import gc
 import math
 import os
 import threading
@@ -162,7 +163,7 @@ class ControlLoop:
         self._pending_wave: WaveformSpec | None = None
         self.target_ua = 0.0
         self.amplitude_ua = 0.0
-        self._ramp_down_rate = 0.0
+        self._stop_sign, self._stop_a0, self._stop_n, self._stop_k = 0.0, 0.0, 0, 0
         self._cmd_prev = 0.0  # uA the plant was told on the previous tick (0 if disabled)
         self._cmd_prev2 = 0.0
         self._code0_prev = -1
@@ -222,6 +223,7 @@ class ControlLoop:
             self.target_ua = float(target_ua)
             self.lease_deadline = self.clock.now() + self._lease_s
             self.board.lines.test_load.off()
+            self.board.lines.dac_shutdown.on()
             self.board.lines.output_enable.on()
             self.board.lines.output_led.on()
             self.state = OutputState.RAMP_UP
@@ -281,7 +283,9 @@ class ControlLoop:
         def apply() -> None:
             if self.state in DRIVING:
                 self.state = OutputState.RAMP_DOWN
-                self._ramp_down_rate = max(self.amplitude_ua, 1.0) / self.cfg.limits.ramp_down_s
+                min_ticks = max(1, round(self.cfg.limits.ramp_down_s / self.tick_s))
+                sign, a0, n = self.wave.stop_ramp(self.amplitude_ua, min_ticks)
+                self._stop_sign, self._stop_a0, self._stop_n, self._stop_k = sign, a0, n, 0
             elif self.state == OutputState.LIFTED:
                 self._output_off("stopped")
 
@@ -606,13 +610,8 @@ class ControlLoop:
         state = self.state
         amp, target = self.amplitude_ua, self.target_ua
         if state == OutputState.RAMP_DOWN:
-            amp -= self._ramp_down_rate * dt
-            if amp <= 0.0:
-                self.amplitude_ua = 0.0
-                self._output_off("stopped")
-                self._cmd_prev2, self._cmd_prev = self._cmd_prev, 0.0
-                return True
-        elif amp < target:
+            return self._drive_stop()
+        if amp < target:
             amp = min(target, amp + self._slew_up * dt)
         elif amp > target:
             amp = max(target, amp - self._slew_up * dt)
@@ -642,6 +641,27 @@ class ControlLoop:
             self.wave = Waveform(self._pending_wave, self.tick_s)
             self.wave.first = wave.first
             self._pending_wave = None
+        return True
+
+    def _drive_stop(self) -> bool:
+        """One tick of the balanced stop ramp (see Waveform.stop_ramp); then output off."""
+        k, n = self._stop_k, self._stop_n
+        if k >= n:
+            self._output_off("stopped")
+            self._cmd_prev2, self._cmd_prev = self._cmd_prev, 0.0
+            return True
+        amp = self._stop_a0 * (1.0 - k / n)
+        self._stop_k = k + 1
+        self.amplitude_ua = amp
+        s = self._stop_sign
+        cmd = s * amp
+        code = self._to_code(cmd * self._g[s]) if amp else self._to_code(0.0)
+        b = self.board
+        with b.bus_lock:
+            if self.guard.tripped:
+                return False
+            b.dac.write_a(code)
+        self._cmd_prev2, self._cmd_prev = self._cmd_prev, cmd
         return True
 
     # ------------------------------------------------------------------ contact loss
@@ -796,7 +816,13 @@ def _tune_thread(priority: int) -> str:
 
 
 class LoopRunner:
-    """Runs a ControlLoop at its rate on its own thread, in real time."""
+    """Runs a ControlLoop at its rate on its own thread, in real time.
+
+    Deadlines are absolute (``next += period``): a late tick does not shift the ones after it, and
+    a few missed ticks are caught up back to back, so the average rate stays exact.
+    """
+
+    MAX_CATCH_UP = 4
 
     def __init__(self, loop: ControlLoop, stats_size: int = 20000):
         self.loop = loop
@@ -811,6 +837,10 @@ class LoopRunner:
         self.started = threading.Event()
 
     def start(self) -> None:
+        # Everything alive now lives for the whole run: move it out of the collector's reach, so a
+        # full collection never has to walk it while the loop waits for the GIL.
+        gc.collect()
+        gc.freeze()
         self._thread = threading.Thread(target=self._run, name="current-loop", daemon=True)
         self._thread.start()
         self.started.wait(2.0)
@@ -843,10 +873,10 @@ class LoopRunner:
             cost.append((t1 - t0) * 1e6)
             nxt += period
             if t1 > nxt:
-                # Missed deadlines: skip ahead instead of bursting to catch up.
-                missed = int((t1 - nxt) / period) + 1
-                loop.overruns += missed
-                nxt += missed * period
+                loop.overruns += 1
+                if t1 - nxt > self.MAX_CATCH_UP * period:
+                    # Far behind (a long stall): skip ahead rather than burst through old ticks.
+                    nxt += (int((t1 - nxt) / period) + 1) * period
 
     def stop(self) -> None:
         self._stop.set()

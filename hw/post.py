@@ -12,7 +12,8 @@ the internal test load, never the electrodes. Steps:
 5. Hardware latch: threshold lowered below the test current -> the latch must trip and cut the
    current; threshold restored and re-armed -> it must clear.
 6. Dead-man: kicks stop while enabled -> the relay must drop within the monostable time.
-7. Relay: enable low while the DAC drives -> no current may flow (a welded relay fails here).
+7. DAC /SHDN line low while driving -> the current must stop (the path to zero without SPI).
+8. Relay: enable low while the DAC drives -> no current may flow (a welded relay fails here).
 
 A failure trips ``POST_FAILED`` with the step and the figures; a pass sets ``guard.post_valid``.
 """
@@ -91,6 +92,7 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
     try:
         lines.output_enable.off()
         lines.test_load.off()
+        lines.dac_shutdown.on()  # the DAC may drive (the relay is still open)
         _set_dac(loop, fe.dac_zero_code)
         yield 0.002
 
@@ -187,6 +189,28 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
                 f"{after:.1f} uA still flows {fe.deadman_ms + 5:.0f} ms after the kicks stopped"
             )
         note("deadman", before_ua=flowing, after_ua=after)
+
+        step = "dac_shutdown"
+        lines.output_enable.on()
+        yield from _kick_for(loop, 0.004)
+        flowing = _mean_current(loop, 4)
+        lines.dac_shutdown.off()  # the hardware path to zero, without SPI
+        yield from _kick_for(loop, 0.002)
+        after = _mean_current(loop, 4)
+        lines.dac_shutdown.on()
+        if abs(flowing) < post.check_current_ua * 0.5 or abs(after) > post.zero_tolerance_ua:
+            raise PostFailure(
+                f"the DAC /SHDN line did not cut the current ({flowing:.1f} -> {after:.1f} uA)"
+            )
+        # Channel B shut down with /SHDN: the comparator latch tripped; restore and re-arm.
+        _set_dac(loop, fe.dac_zero_code)
+        _set_threshold(loop, cfg.limits.hw_overcurrent_ua)
+        yield from _kick_for(loop, 0.001)
+        yield from _rearm(loop)
+        if lines.latch_pin.state:
+            raise PostFailure("the hardware latch does not re-arm after the /SHDN test")
+        _set_dac(loop, loop._to_code(post.check_current_ua))
+        note("dac_shutdown", before_ua=flowing, after_ua=after)
 
         step = "relay"
         lines.output_enable.off()

@@ -3,16 +3,17 @@
 Every fault, from any thread, ends in ``Guard.trip(code)``. It is idempotent and latched:
 
 1. output enable low (the relay opens; needs no SPI, so it works even with a hung bus),
-2. DAC A to its zero code and both channels shut down (the second path to zero; channel B shut
-   down also trips the hardware over-current latch),
-3. LED off, test load deselected,
-4. the first fault is latched with its code, a plain-language message and the time; later trips
+2. the DAC's hardware /SHDN line low (both channels shut down without the bus),
+3. DAC A to its zero code and both channels shut down over SPI (the same, by the second route;
+   channel B shut down sets the comparator threshold to 0 V, so the hardware latch trips too),
+4. LED off, test load deselected,
+5. the first fault is latched with its code, a plain-language message and the time; later trips
    keep the first reason (they are counted),
-5. listeners are told (without blocking: they only queue).
+6. listeners are told (without blocking: they only queue).
 
 While latched, nothing enables the output. Only :meth:`Guard.acknowledge` clears the latch, and only
-once the cause is gone (e-stop released, charger unplugged). Faults of the hardware path also
-invalidate the self-test, so a new POST must pass before any output.
+once the cause is gone (e-stop released, charger unplugged). A trip also invalidates the self-test
+(the hardware latch must be re-armed by it), so a new POST must pass before any output.
 """
 
 from __future__ import annotations
@@ -201,7 +202,12 @@ class Guard:
         # 1. Relay open. First, and outside every lock: it must not wait for anything.
         try:
             b.lines.output_enable.off()
-        except Exception:  # noqa: BLE001 - the DAC path below is the second chance
+        except Exception:  # noqa: BLE001 - the DAC paths below are the next chances
+            self.safe_state_errors += 1
+        # 2. The DAC's hardware /SHDN: zero current without the SPI bus.
+        try:
+            b.lines.dac_shutdown.off()
+        except Exception:  # noqa: BLE001
             self.safe_state_errors += 1
         with self._lock:
             first = self.fault is None
@@ -209,11 +215,12 @@ class Guard:
             if first:
                 message, action = FAULT_TEXT[code]
                 self.fault = FaultRecord(code, message, action, detail, self._clock.now())
-                if code in NEEDS_POST:
-                    self.post_valid = False
+                # Every trip drops the DAC (channel B too), which trips the hardware latch: the
+                # self-test re-arms it, so any trip needs a passing self-test before output.
+                self.post_valid = False
             record = self.fault
-        # 2. DAC to zero and shut down. If the loop holds the bus (or the bus hangs) the relay is
-        #    already open and the dead-man stops being kicked; don't wait long.
+        # 3. DAC to zero and shut down over SPI as well. If the loop holds the bus (or the bus
+        #    hangs) the relay is already open and the dead-man stops being kicked: don't wait.
         got = b.bus_lock.acquire(timeout=self.BUS_LOCK_TIMEOUT_S)
         try:
             b.dac.shutdown(b.zero_code)
@@ -222,7 +229,7 @@ class Guard:
         finally:
             if got:
                 b.bus_lock.release()
-        # 3. Indicators and the test load.
+        # 4. Indicators and the test load.
         for dev in (b.lines.output_led, b.lines.test_load):
             try:
                 dev.off()

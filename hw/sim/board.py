@@ -80,10 +80,11 @@ class SimDacBus(_SimBus):
             if p.dac_stuck:
                 return [0, 0]
             if word.channel == mcp4922.CHANNEL_A:
-                was_zero = p.i_command_ua == 0.0
+                # "At zero" is judged by what the stage really drives (calibration applied).
+                was_zero = abs(p.dac_target_ua) < 1.0
                 p.dac_a_code = word.code
                 p.dac_a_active = word.active
-                if p.i_command_ua == 0.0 and not was_zero:
+                if abs(p.dac_target_ua) < 1.0 and not was_zero:
                     b.t_dac_zero = now
             else:
                 p.dac_b_code = word.code
@@ -129,6 +130,7 @@ class SimBoard:
             hwp.test_load: "test_load",
             hwp.buzzer: "buzzer",
             hwp.output_led: "led",
+            hwp.dac_shutdown: "dac_shdn",
         }
         self.pin_numbers = hwp
         ch = cfg.hardware.adc_channels
@@ -183,6 +185,12 @@ class SimBoard:
                 self.events.append((now, "buzzer", value))
             elif role == "led":
                 self.led_on = value
+            elif role == "dac_shdn":
+                was = abs(p.dac_target_ua) < 1.0
+                p.shdn_high = value
+                if abs(p.dac_target_ua) < 1.0 and not was:
+                    self.t_dac_zero = now
+                self.events.append((now, "dac_shdn", value))
             p._update_relay(now)
 
     def _relay_changed(self, t_s: float, closed: bool) -> None:
@@ -239,7 +247,7 @@ class SimBoard:
     def output_cut_at(self) -> float | None:
         """When the output became safe (enable low AND DAC at zero), or None if it is not."""
         with self.lock:
-            if self.plant.enable or self.plant.i_command_ua != 0.0:
+            if self.plant.enable or abs(self.plant.dac_target_ua) >= 1.0:
                 return None
             return max(self.t_enable_low or 0.0, self.t_dac_zero or 0.0)
 

@@ -56,6 +56,7 @@ class Plant:
         self.stage_gain = 1.03
         self.stage_offset_ua = 3.0
         self.stage_tau_s = 60e-6
+        self.stage_rout_ohm = 5e6  # Howland output resistance
         self.compliance_v = fe.compliance_v
         self.adc_noise_ua = 0.6
         self.adc_offset_codes = 1.4
@@ -74,6 +75,7 @@ class Plant:
         self.dac_a_active = False
         self.dac_b_code = 0
         self.dac_b_active = False
+        self.shdn_high = False  # hardware /SHDN of the MCP4922, pulled down: shut down
         self.enable = False
         self.test_load_selected = False
         self.last_kick_s = -1e9
@@ -102,15 +104,40 @@ class Plant:
 
     # ---- commands from chips and lines -------------------------------------------------------
     @property
+    def dac_a_on(self) -> bool:
+        """DAC A drives its output: software-active and the hardware /SHDN line high."""
+        return self.dac_a_active and self.shdn_high
+
+    @property
     def i_command_ua(self) -> float:
-        """What the stage is told to drive, in uA (0 when DAC A is shut down: bias network)."""
-        if not self.dac_a_active:
+        """Nominal current of DAC A's code, in uA (0 when shut down: the bias network holds
+        the stage input at mid-scale)."""
+        if not self.dac_a_on:
             return 0.0
         return (self.dac_a_code - self.fe.dac_zero_code) * self.fe.dac_ua_per_code
 
     @property
+    def dac_target_ua(self) -> float:
+        """What DAC A asks the (healthy) stage to drive, gain and offset applied, in uA."""
+        if not self.dac_a_on:
+            return 0.0
+        return self.i_command_ua * self.stage_gain + self.stage_offset_ua
+
+    @property
+    def stage_target_ua(self) -> float:
+        """What the stage really tries to drive (its gain and offset applied), in uA."""
+        if self.runaway:
+            return 1e6
+        if self.dac_stuck:
+            return self._stuck_ua * self.stage_gain + self.stage_offset_ua
+        if not self.dac_a_on:
+            return 0.0
+        return self.i_command_ua * self.stage_gain + self.stage_offset_ua
+
+    @property
     def threshold_ua(self) -> float:
-        return self.dac_b_code * self.fe.threshold_ua_per_code if self.dac_b_active else 0.0
+        on = self.dac_b_active and self.shdn_high
+        return self.dac_b_code * self.fe.threshold_ua_per_code if on else 0.0
 
     def kick(self, level: bool, t_s: float) -> None:
         if level != self.kick_level:
@@ -163,16 +190,8 @@ class Plant:
         if dt <= 0:
             return
         self._update_relay(t_s)
-        # Stage: first-order lag toward the command (or the rail when it has failed).
-        if self.runaway:
-            target = 1e6
-        elif self.dac_stuck:
-            target = self._stuck_ua
-        else:
-            target = self.i_command_ua
-        if target != 1e6 and (self.dac_a_active or self.dac_stuck):
-            # A real stage has an offset at zero command too: the loop's calibration removes it.
-            target = target * self.stage_gain + self.stage_offset_ua
+        # Stage: first-order lag toward what it is told (or its rail when it has failed).
+        target = self.stage_target_ua
         a = math.exp(-dt / self.stage_tau_s)
         self.i_stage_ua = target + (self.i_stage_ua - target) * a
         i_src = self.i_stage_ua
@@ -188,28 +207,7 @@ class Plant:
                 v = max(-vc, min(vc, i_src * 1e-6 * OPEN_OHM))
                 self.vc_v *= 0.5 ** (dt / 1e-3)
             else:
-                rs = load.rs_ohm / load.contact
-                rp = load.rp_ohm / load.contact
-                cp = load.cp_f * load.contact
-                i_a = i_src * 1e-6
-                if cp > 0 and math.isfinite(rp):
-                    v_ss = i_a * rp
-                    self.vc_v = v_ss + (self.vc_v - v_ss) * math.exp(-dt / (rp * cp))
-                elif math.isfinite(rp):
-                    self.vc_v = i_a * rp
-                else:
-                    self.vc_v = 0.0
-                v = i_a * rs + self.vc_v
-                if abs(v) > vc:
-                    # Compliance: the stage cannot drive more voltage; current falls.
-                    sign = 1.0 if v > 0 else -1.0
-                    i_a = (sign * vc - self.vc_v) / rs
-                    if i_a * sign < 0:
-                        i_a = 0.0
-                    v = sign * vc
-                    if cp > 0 and math.isfinite(rp):
-                        self.vc_v = min(abs(self.vc_v), vc) * (1 if self.vc_v >= 0 else -1)
-                i = i_a * 1e6
+                i, v = self._drive_load(load, i_src * 1e-6, dt)
         self.i_load_ua = i
         self.v_out_v = v
         self.q_net_uc += i * dt
@@ -227,9 +225,54 @@ class Plant:
                 self.latch_pending_s = None
         self.t_s = t_s
 
+    def _drive_load(self, load: Load, i_a: float, dt: float) -> tuple[float, float]:
+        """Current (uA) and voltage (V) into the load over ``dt``, honouring compliance.
+
+        Two modes: the stage is a current source (with a finite output resistance) while the
+        voltage it needs is within compliance; beyond that it is a voltage source at +/-compliance
+        behind the load's series resistance, and the parallel capacitor charges toward what that
+        voltage can sustain.
+        """
+        vc_max = self.compliance_v
+        rs = load.rs_ohm / load.contact
+        rp = load.rp_ohm / load.contact
+        cp = load.cp_f * load.contact
+        has_rc = cp > 0 and math.isfinite(rp)
+        # Finite output resistance of the Howland stage: a little current is lost in big loads.
+        z_dc = rs + (rp if math.isfinite(rp) else 0.0)
+        i_a = i_a * self.stage_rout_ohm / (self.stage_rout_ohm + z_dc)
+        if has_rc:
+            v_ss = i_a * rp
+            vc1 = v_ss + (self.vc_v - v_ss) * math.exp(-dt / (rp * cp))
+        elif math.isfinite(rp):
+            vc1 = i_a * rp
+        else:
+            vc1 = 0.0
+        v = i_a * rs + vc1
+        if abs(v) <= vc_max:
+            self.vc_v = vc1
+            return i_a * 1e6, v
+        sign = 1.0 if v > 0 else -1.0
+        vs = sign * vc_max
+        if has_rc:
+            vc_inf = vs * rp / (rs + rp)
+            tau = cp * rs * rp / (rs + rp)
+            self.vc_v = vc_inf + (self.vc_v - vc_inf) * math.exp(-dt / tau)
+        elif math.isfinite(rp):
+            self.vc_v = vs * rp / (rs + rp)
+        else:
+            self.vc_v = 0.0
+        i_lim = (vs - self.vc_v) / rs
+        if i_lim * sign < 0:
+            i_lim = 0.0
+        if abs(i_lim) > abs(i_a):
+            i_lim = i_a
+        return i_lim * 1e6, vs
+
     def freeze_dac(self) -> None:
         self.dac_stuck = True
         self._stuck_ua = self.i_command_ua
+        self._stuck_on = True
 
     _stuck_ua = 0.0
 

@@ -65,7 +65,11 @@ class SimRig:
         self.loop.start(spec or WaveformSpec(50.0, 10.0), target_ua)
         self.step()
         if ramp:
-            self.run_until(lambda: self.loop.state != OutputState.RAMP_UP, 5.0)
+            # Renew the lease through the ramp, as the kiosk does.
+            for _ in range(50):
+                self.loop.renew_lease()
+                if self.run_until(lambda: self.loop.state != OutputState.RAMP_UP, 0.1):
+                    break
 
     def keep_lease(self, seconds: float) -> None:
         """Run while renewing the lease every 100 ms, as a live kiosk does."""
