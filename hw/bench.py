@@ -1,0 +1,318 @@
+"""Benchmark of the hardware core on the simulated board: ``python -m hw.bench``.
+
+Prints a readable table and, as its last line, one JSON object. Every number is measured here:
+
+- loop timing in REAL time: the runner thread drives the loop at its rate for a few seconds with
+  output on (``tick_hz``, ``tick_cost_us_p99`` = CPU inside one tick, ``jitter_us_p99`` = lateness
+  of tick starts);
+- trip latencies in the BOARD's time (the simulated clock): from the fault's injection until
+  output enable is low and DAC A commands zero (for ``deadman``: until the relay opens, since that
+  path has no software), worst over several injections at different sub-tick phases;
+- regulation error and net DC charge from the plant's ground truth (the current that really flows),
+  not from what the loop's ADC reports.
+
+``--quick`` shortens the real-time part (used by the test suite to prove the bench runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+from hw.config import Config, load_config
+from hw.loop import OutputState
+from hw.sim.plant import SKIN, Load
+from hw.sim.rig import SimRig
+from hw.waveform import WaveformSpec
+
+TRIAL_PHASES = (0.0, 0.13, 0.37, 0.61, 0.89)  # sub-tick offsets of the injection, in ticks
+
+
+def _pct(values: list[float], q: float) -> float:
+    xs = sorted(values)
+    if not xs:
+        return float("nan")
+    return xs[min(len(xs) - 1, int(q * (len(xs) - 1) + 0.5))]
+
+
+# --------------------------------------------------------------------------- real-time loop timing
+def loop_timing(cfg: Config, seconds: float) -> dict:
+    from hw.board import build_sim_board
+    from hw.clock import MonotonicClock
+    from hw.loop import ControlLoop, LoopRunner, Supervisor
+    from hw.safety import Guard
+
+    clock = MonotonicClock()
+    board = build_sim_board(cfg, clock)
+    guard = Guard(board, clock)
+    loop = ControlLoop(cfg, board, clock, guard)
+    runner = LoopRunner(loop, stats_size=int(seconds * cfg.loop.rate_hz) + 100)
+    sup = Supervisor(loop, clock)
+    runner.start()
+    sup.start()
+    try:
+        loop.run_post()
+        t_end = time.monotonic() + 3.0
+        while loop.post_result is None and time.monotonic() < t_end:
+            time.sleep(0.005)
+        if not (loop.post_result and loop.post_result["passed"]):
+            raise RuntimeError(f"self-test failed in the real-time run: {loop.post_result}")
+        loop.start(WaveformSpec(50.0, 10.0), 300.0)
+        time.sleep(0.2)
+        runner.late_us.clear()
+        runner.cost_us.clear()
+        t0, n0, o0 = time.perf_counter(), loop.ticks, loop.overruns
+        while time.perf_counter() - t0 < seconds:
+            loop.renew_lease()
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - t0
+        ticks = loop.ticks - n0
+        # A trip here (a stall on a busy machine) is a finding to report, not a crash.
+        tripped = f"{guard.fault.code}: {guard.fault.detail}" if guard.fault else None
+        loop.stop()
+        time.sleep(0.6)
+        return {
+            "tick_hz": ticks / elapsed,
+            "tick_cost_us_p50": _pct(list(runner.cost_us), 0.50),
+            "tick_cost_us_p99": _pct(list(runner.cost_us), 0.99),
+            "jitter_us_p50": _pct(list(runner.late_us), 0.50),
+            "jitter_us_p99": _pct(list(runner.late_us), 0.99),
+            "jitter_us_max": max(runner.late_us),
+            "overruns": loop.overruns - o0,
+            "ticks": ticks,
+            "seconds": elapsed,
+            "scheduling": runner.sched_note,
+            "final_state": str(loop.state),
+            "tripped": tripped,
+        }
+    finally:
+        runner.stop()
+        sup.stop()
+        board.close()
+
+
+# --------------------------------------------------------------------------- trip latencies
+def _running_rig(cfg: Config, seed: int, target_ua: float = 200.0) -> SimRig:
+    rig = SimRig(cfg, seed=seed)
+    result = rig.post()
+    if not result["passed"]:
+        raise RuntimeError(f"self-test failed: {result}")
+    # A gapless waveform: lift-off and open circuit are only visible while current is driven.
+    rig.start(target_ua, WaveformSpec(25.0, 20.0))
+    rig.keep_lease(0.2)
+    return rig
+
+
+def _trip_once(cfg: Config, fault: str, phase: float, seed: int) -> tuple[float, str]:
+    rig = _running_rig(cfg, seed)
+    lease_kept = fault != "lease_expired"
+    tick = rig.tick_s
+    rig.clock.advance(phase * tick)  # inject between ticks, at varied sub-tick phases
+    t0 = rig.clock.now()
+    if fault == "loop_stall":
+        rig.loop_stalled = True
+    elif fault == "deadman":
+        rig.all_stalled = True  # the whole process frozen: only the monostable can act
+    elif fault == "estop_screen":
+        rig.loop.estop()
+    elif fault == "lease_expired":
+        # t0 is the last renewal: the lease runs out lease_ms after it.
+        rig.loop.renew_lease()
+        rig.step()
+        t0 = rig.clock.now()  # the renewal was applied in that tick, at this time
+    else:
+        rig.sim.inject(fault)
+    deadline = t0 + 1.0
+    how = ""
+    while rig.clock.now() < deadline:
+        if lease_kept and rig.loop.ticks % 200 == 0:
+            rig.loop.renew_lease()
+        rig.step()
+        if fault == "deadman":
+            if not rig.sim.relay_closed:
+                how = "relay open"
+                break
+        else:
+            cut = rig.sim.output_cut_at()
+            if cut is not None and cut >= t0:
+                how = str(rig.guard.fault.code) if rig.guard.fault else str(rig.loop.state)
+                break
+    if fault == "deadman":
+        t_cut = rig.sim.t_relay_open
+    else:
+        t_cut = rig.sim.output_cut_at()
+    rig.close()
+    if not how or t_cut is None:
+        return float("inf"), "no cut within 1 s"
+    return (t_cut - t0) * 1000.0, how
+
+
+TRIP_FAULTS = {
+    # bench key: (how it is injected, bound in ms)
+    "overcurrent": ("overcurrent", 0.5),
+    "spi_error": ("spi_error", 0.5),
+    "estop": ("estop", 0.5),
+    "adc_stuck": ("adc_stuck", 10.0),
+    "open_circuit": ("open_circuit", 20.0),
+    "lift_off": ("lift_off", 20.0),
+    "loop_stall": ("loop_stall", 20.0),
+    "deadman": ("deadman", 50.0),
+    "charger": ("charger", 0.5),
+    "lease_expired": ("lease_expired", None),
+}
+
+
+def trip_latencies(cfg: Config) -> tuple[dict, dict]:
+    worst: dict[str, float] = {}
+    detail: dict[str, str] = {}
+    for key, (fault, _bound) in TRIP_FAULTS.items():
+        results = [
+            _trip_once(cfg, fault, phase, seed=11 + i) for i, phase in enumerate(TRIAL_PHASES)
+        ]
+        worst[key] = max(r[0] for r in results)
+        detail[key] = sorted({r[1] for r in results})[0]
+    return worst, detail
+
+
+# --------------------------------------------------------------------------- regulation
+LOADS = {
+    "500": Load.resistor(500.0),
+    "2000": Load.resistor(2000.0),
+    "10000": Load.resistor(10000.0),
+    "skin": SKIN,
+}
+
+
+def regulation(cfg: Config) -> dict:
+    out: dict[str, float] = {}
+    for name, load in LOADS.items():
+        worst = 0.0
+        for setpoint in (100.0, 200.0, 400.0):
+            rig = SimRig(cfg, seed=int(setpoint) + len(name))
+            rig.sim.set_load(load)
+            if not rig.post()["passed"]:
+                raise RuntimeError("self-test failed")
+            rig.start(setpoint, WaveformSpec(50.0, 10.0))
+            rig.keep_lease(0.5)  # let the per-polarity correction settle
+            samples: dict[float, list[float]] = {1.0: [], -1.0: []}
+            prev_cmd = [0.0, 0.0]
+
+            def sample(r: SimRig, samples=samples, prev_cmd=prev_cmd) -> None:
+                cmd = r.loop._cmd_prev
+                # Settled plateau: the command has had the same sign for two ticks.
+                if cmd and prev_cmd[0] and (cmd > 0) == (prev_cmd[0] > 0) == (prev_cmd[1] > 0):
+                    samples[1.0 if cmd > 0 else -1.0].append(r.sim.plant.i_load_ua)
+                prev_cmd[1], prev_cmd[0] = prev_cmd[0], cmd
+
+            rig.on_tick = sample
+            rig.keep_lease(1.0)
+            rig.on_tick = None
+            if rig.guard.fault or rig.loop.state != OutputState.ON:
+                raise RuntimeError(f"regulation run on {name} ended in {rig.loop.state}")
+            for sign, vals in samples.items():
+                err = abs(statistics.fmean(vals) - sign * setpoint)
+                worst = max(worst, 100.0 * err / setpoint)
+            rig.close()
+        out[name] = worst
+    return out
+
+
+# --------------------------------------------------------------------------- net DC charge
+def dc_balance(cfg: Config) -> dict:
+    """Net DC charge of whole treatments, in % of the charge delivered (plant ground truth)."""
+    results = {}
+    for name, spec, level_ua, seconds, lift in (
+        ("demo 10 Hz/40 ms, with a lift-off", WaveformSpec(10.0, 40.0), 160.0, 30.0, True),
+        ("full-face 0.5 Hz/500 ms", WaveformSpec(0.5, 500.0), 320.0, 60.0, False),
+        ("quick-tone 1 Hz/250 ms, with a lift-off", WaveformSpec(1.0, 250.0), 280.0, 40.0, True),
+    ):
+        rig = SimRig(cfg, seed=5)
+        if not rig.post()["passed"]:
+            raise RuntimeError("self-test failed")
+        q0_net, q0_abs = rig.sim.plant.q_net_uc, rig.sim.plant.q_abs_uc
+        rig.loop.start(spec, level_ua)
+        rig.keep_lease(seconds / 2)
+        if lift:
+            rig.sim.inject("lift_off")
+            rig.keep_lease(0.7)
+            rig.sim.clear("lift_off")
+        rig.keep_lease(seconds / 2)
+        rig.loop.stop()
+        rig.keep_lease(1.0)
+        if rig.guard.fault:
+            raise RuntimeError(f"DC run {name} tripped: {rig.guard.fault}")
+        net = rig.sim.plant.q_net_uc - q0_net
+        delivered = rig.sim.plant.q_abs_uc - q0_abs
+        results[name] = 100.0 * abs(net) / delivered
+        rig.close()
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m hw.bench", description=__doc__.splitlines()[0])
+    ap.add_argument("--config", help="site config merged over the defaults")
+    ap.add_argument("--seconds", type=float, default=6.0, help="real-time loop run (s)")
+    ap.add_argument("--quick", action="store_true", help="1 s real-time run (for tests)")
+    args = ap.parse_args(argv)
+    cfg = load_config(args.config)
+    t_start = time.perf_counter()
+    timing = loop_timing(cfg, 1.0 if args.quick else args.seconds)
+    trips, how = trip_latencies(cfg)
+    reg = regulation(cfg)
+    dc = dc_balance(cfg)
+    lease_ms = cfg.limits.lease_ms
+    tick_ms = 1000.0 / cfg.loop.rate_hz
+
+    rows = [
+        ("loop rate", f"{timing['tick_hz']:.1f} Hz", ">= 2000"),
+        (
+            "tick cost p50 / p99",
+            f"{timing['tick_cost_us_p50']:.1f} / {timing['tick_cost_us_p99']:.1f} us",
+            "p99 <= 125",
+        ),
+        (
+            "tick lateness p50 / p99 / max",
+            f"{timing['jitter_us_p50']:.1f} / "
+            f"{timing['jitter_us_p99']:.1f} / {timing['jitter_us_max']:.0f} us",
+            "p99 <= 100",
+        ),
+        ("overruns", f"{timing['overruns']} of {timing['ticks']} ticks", ""),
+        ("scheduling", timing["scheduling"], ""),
+    ]
+    if timing["tripped"]:
+        rows.append(("real-time run TRIPPED", timing["tripped"], "should not happen"))
+    for key, (_f, bound) in TRIP_FAULTS.items():
+        b = bound if bound is not None else lease_ms + tick_ms
+        rows.append((f"trip {key}", f"{trips[key]:.3f} ms ({how[key]})", f"<= {b:g}"))
+    for name, v in reg.items():
+        rows.append((f"regulation {name}", f"{v:.2f} %", "<= 2 (or 5 uA)"))
+    for name, v in dc.items():
+        rows.append((f"net DC {name}", f"{v:.3f} %", "<= 1"))
+    width = max(len(r[0]) for r in rows)
+    print(f"{'measure':<{width}}  {'value':<44}  bound")
+    print("-" * (width + 60))
+    for a, b, c in rows:
+        print(f"{a:<{width}}  {b:<44}  {c}")
+    print(f"(bench took {time.perf_counter() - t_start:.1f} s)")
+
+    result = {
+        "tick_hz": round(timing["tick_hz"], 1),
+        "tick_cost_us_p99": round(timing["tick_cost_us_p99"], 1),
+        "jitter_us_p99": round(timing["jitter_us_p99"], 1),
+        "trip_ms": {k: round(v, 3) for k, v in trips.items()},
+        "lease_ms": lease_ms,
+        "regulation_error_pct": {k: round(v, 3) for k, v in reg.items()},
+        "dc_net_charge_pct": round(max(dc.values()), 4),
+    }
+    if timing["tripped"]:
+        result["realtime_tripped"] = timing["tripped"]
+    print(json.dumps(result, separators=(",", ":")))
+    sys.stdout.flush()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
