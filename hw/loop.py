@@ -767,8 +767,8 @@ class ControlLoop:
         elif z is None:
             quality = 100.0 if self.state in DRIVING else 0.0
         else:
-            # 100 % up to 5 kOhm, falling on a log scale to 0 % at max_impedance_ohm.
-            lo, hi = math.log(5000.0), math.log(self._z_max)
+            # 100 % up to 20 kOhm (gelled skin), falling on a log scale to 0 % at max_impedance_ohm.
+            lo, hi = math.log(min(20000.0, self._z_max / 2)), math.log(self._z_max)
             quality = 100.0 * min(1.0, max(0.0, (hi - math.log(max(z, 1.0))) / (hi - lo)))
         fault = self.guard.fault
         self.snapshot = Snapshot(

@@ -157,7 +157,20 @@ class SimBoard:
         self.plant.on_relay_change = self._relay_changed
         self.plant.on_latch_change = self._latch_changed
         self._latch_pin_level = True
+        self.mirror = None  # hw.sim.mirror.Mirror, when other processes must see the pins
         self.plant.advance(clock.now())
+
+    def attach_mirror(self, path) -> None:
+        from hw.sim.mirror import Mirror
+
+        self.mirror = Mirror(path, self.plant.deadman_s)
+        self._write_mirror(self.clock.now())
+
+    def _write_mirror(self, now: float) -> None:
+        p = self.plant
+        self.mirror.write(
+            p.enable, p.shdn_high, p.relay_closed, p.latched, p.last_kick_s, now, p.i_load_ua
+        )
 
     # ---- hooks from pins and plant ----------------------------------------------------------
     def _on_pin(self, number: int, value: bool) -> None:
@@ -192,6 +205,8 @@ class SimBoard:
                     self.t_dac_zero = now
                 self.events.append((now, "dac_shdn", value))
             p._update_relay(now)
+            if self.mirror is not None and role in ("kick", "enable", "dac_shdn"):
+                self._write_mirror(now)
 
     def _relay_changed(self, t_s: float, closed: bool) -> None:
         if not closed:
