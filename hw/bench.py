@@ -254,7 +254,7 @@ def dc_balance(cfg: Config) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hw.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--config", help="site config merged over the defaults")
-    ap.add_argument("--seconds", type=float, default=6.0, help="real-time loop run (s)")
+    ap.add_argument("--seconds", type=float, default=5.0, help="real-time loop run (s)")
     ap.add_argument("--quick", action="store_true", help="1 s real-time run (for tests)")
     args = ap.parse_args(argv)
     cfg = load_config(args.config)
@@ -263,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
     trips, how = trip_latencies(cfg)
     reg = regulation(cfg)
     dc = dc_balance(cfg)
+    proc = daemon_process_figures(300 if args.quick else 1000)
+    c2d = command_to_dac(cfg, 20 if args.quick else 200)
     lease_ms = cfg.limits.lease_ms
     tick_ms = 1000.0 / cfg.loop.rate_hz
 
@@ -291,6 +293,19 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"regulation {name}", f"{v:.2f} %", "<= 2 (or 5 uA)"))
     for name, v in dc.items():
         rows.append((f"net DC {name}", f"{v:.3f} %", "<= 1"))
+    rows += [
+        (
+            "IPC round trip p50 / p99",
+            f"{proc['ipc_rtt_ms_p50']:.3f} / {proc['ipc_rtt_ms_p99']:.3f} ms",
+            "p99 <= 2",
+        ),
+        (
+            "level change to DAC p50 / p99",
+            f"{c2d['command_to_dac_ms_p50']:.3f} / {c2d['command_to_dac_ms_p99']:.3f} ms",
+            "p99 <= 20",
+        ),
+        ("daemon RSS", f"{proc['daemon_rss_mb']:.1f} MB (state {proc['daemon_state']})", "<= 60"),
+    ]
     width = max(len(r[0]) for r in rows)
     print(f"{'measure':<{width}}  {'value':<44}  bound")
     print("-" * (width + 60))
@@ -306,12 +321,154 @@ def main(argv: list[str] | None = None) -> int:
         "lease_ms": lease_ms,
         "regulation_error_pct": {k: round(v, 3) for k, v in reg.items()},
         "dc_net_charge_pct": round(max(dc.values()), 4),
+        "ipc_rtt_ms_p99": round(proc["ipc_rtt_ms_p99"], 3),
+        "command_to_dac_ms_p99": round(c2d["command_to_dac_ms_p99"], 3),
+        "daemon_rss_mb": round(proc["daemon_rss_mb"], 1),
     }
     if timing["tripped"]:
         result["realtime_tripped"] = timing["tripped"]
     print(json.dumps(result, separators=(",", ":")))
     sys.stdout.flush()
     return 0
+
+
+# --------------------------------------------------------------------------- the daemon (issue 3)
+def _wait_socket(path, timeout_s: float = 20.0) -> None:
+    import socket as _socket
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            s = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM)
+            s.connect(str(path))
+            s.close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"the daemon did not open {path}")
+
+
+def _run_treatment(client, program: str = "demo", level: int = 4) -> None:
+    client.request("start", program=program, level=level)
+    deadline = time.monotonic() + 10.0
+    status = {}
+    while time.monotonic() < deadline:
+        client.request("lease")
+        status = client.request("status")
+        if status["state"] == "running":
+            return
+        time.sleep(0.1)
+    raise RuntimeError(f"the treatment did not reach running: {status}")
+
+
+def daemon_process_figures(rtt_requests: int) -> dict:
+    """IPC round trip and memory of a real daemon process running a treatment."""
+    import os
+    import subprocess
+    import tempfile
+    from pathlib import Path
+
+    from hw.client import Client
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sock = Path(tmp) / "hw.sock"
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env.pop("NOTIFY_SOCKET", None)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hw", "--sim", "--socket", str(sock), "--state-dir", tmp],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        try:
+            _wait_socket(sock)
+            c = Client(str(sock), "bench", status=False)
+            for _ in range(100):
+                if c.request("status")["state"] == "ready":
+                    break
+                time.sleep(0.05)
+            _run_treatment(c)
+            rtt = []
+            next_lease = 0.0
+            for _ in range(rtt_requests):
+                if time.monotonic() >= next_lease:
+                    c.request("lease")
+                    next_lease = time.monotonic() + 0.1
+                t0 = time.perf_counter()
+                c.request("status")
+                rtt.append((time.perf_counter() - t0) * 1000.0)
+            status = c.request("status")
+            rss_kb = 0
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmRSS:"):
+                    rss_kb = int(line.split()[1])
+            c.request("stop")
+            c.close()
+            return {
+                "ipc_rtt_ms_p50": _pct(rtt, 0.5),
+                "ipc_rtt_ms_p99": _pct(rtt, 0.99),
+                "daemon_rss_mb": rss_kb / 1024.0,
+                "daemon_state": status["state"],
+            }
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def command_to_dac(cfg: Config, changes: int) -> dict:
+    """Level change sent over the socket until the loop's DAC write toward the new target.
+
+    The daemon runs in this process (its real threads and socket) so the client's send time and
+    the loop's apply time are read from one clock.
+    """
+    import tempfile
+    import threading
+    from pathlib import Path
+
+    from hw.board import build_sim_board
+    from hw.client import Client
+    from hw.clock import MonotonicClock
+    from hw.daemon import Daemon
+    from hw.notify import Notifier
+
+    with tempfile.TemporaryDirectory() as tmp:
+        clock = MonotonicClock()
+        board = build_sim_board(cfg, clock)
+        d = Daemon(cfg, board, clock, Path(tmp) / "hw.sock", Path(tmp), Notifier(env={}))
+        d.start_hardware()
+        import asyncio
+
+        ready = threading.Event()
+        t = threading.Thread(target=lambda: asyncio.run(d.serve(ready)), daemon=True)
+        t.start()
+        try:
+            if not ready.wait(20):
+                raise RuntimeError("the in-process daemon did not become ready")
+            c = Client(str(Path(tmp) / "hw.sock"), "bench")
+            _run_treatment(c)
+            lat = []
+            for k in range(changes):
+                n0 = len(d.cmd_applied_s)
+                t_send = time.monotonic()
+                c.request("set_level", level=3 + (k % 2))
+                while len(d.cmd_applied_s) == n0:
+                    time.sleep(0.0002)
+                lat.append((d.cmd_applied_s[-1] - t_send) * 1000.0)
+                c.request("lease")
+                time.sleep(0.02)
+            c.request("stop")
+            c.close()
+            return {
+                "command_to_dac_ms_p50": _pct(lat, 0.5),
+                "command_to_dac_ms_p99": _pct(lat, 0.99),
+            }
+        finally:
+            d.request_stop()
+            t.join(10)
+            d.shutdown()
 
 
 if __name__ == "__main__":

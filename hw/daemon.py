@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import concurrent.futures
 import datetime as _dt
 import io
@@ -38,7 +39,7 @@ from hw.clock import MonotonicClock
 from hw.config import Config, ConfigError, load_config
 from hw.engine import Engine, EngineRefused, State
 from hw.history import History, HistoryError, TreatmentSummary, ZoneSummary
-from hw.loop import ACTIVE, CommandRefused, ControlLoop, LoopRunner, Supervisor
+from hw.loop import ACTIVE, CommandRefused, ControlLoop, LoopRunner, OutputState, Supervisor
 from hw.safety import Fault, Guard
 
 log = logging.getLogger("hw")
@@ -204,7 +205,8 @@ class Daemon:
         self.lease_holder: Client | None = None
         self._aio: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self.cmd_to_dac: list[float] = []  # (bench) seconds from receipt to the loop acting
+        # (bench) monotonic times at which the loop applied level changes
+        self.cmd_applied_s: collections.deque[float] = collections.deque(maxlen=10000)
 
     # ---------------------------------------------------------------- start-up
     def start_hardware(self) -> None:
@@ -325,7 +327,7 @@ class Daemon:
             self.clients.discard(client)
             if self.lease_holder is client:
                 self.lease_holder = None
-                if self.loop.state in ACTIVE:
+                if self.loop.state in ACTIVE and self.loop.state != OutputState.RAMP_DOWN:
                     # The controlling client is gone: its lease cannot be renewed, cut now.
                     log.warning("controller %s disconnected during output", client.name)
                     self.guard.trip(Fault.LEASE_EXPIRED, f"controller {client.name} disconnected")
@@ -438,15 +440,10 @@ class Daemon:
         return self._history_command(cmd, a)
 
     def _track_apply(self, t_rx: float) -> None:
-        # For the bench: when does the loop act on this command? The loop applies queued commands
-        # at the start of its next tick and writes the DAC in that tick.
-        done = threading.Event()
-
+        # For the bench: when does the loop act on a level change? It applies queued commands at
+        # the start of its next tick and writes the DAC toward the new target in that same tick.
         def mark() -> None:
-            self.cmd_to_dac.append(time.monotonic() - t_rx)
-            if len(self.cmd_to_dac) > 10000:
-                del self.cmd_to_dac[:5000]
-            done.set()
+            self.cmd_applied_s.append(time.monotonic())
 
         self.loop._queue(mark)
 
@@ -493,6 +490,7 @@ class Daemon:
 
     # ---------------------------------------------------------------- run
     async def serve(self, ready: threading.Event | None = None) -> None:
+        """Serve until request_stop(); sets ``ready`` once the self-test is over."""
         self._aio = asyncio.get_running_loop()
         self._stop = asyncio.Event()
         path = self.socket_path

@@ -444,7 +444,12 @@ class ControlLoop:
             if lines.latch_pin.state and state != OutputState.LIFTED:
                 g.trip(Fault.HW_OVERCURRENT, "comparator latch set")
                 return False
-            if self.lease_deadline is not None and now > self.lease_deadline:
+            # A ramp-down only goes toward zero by itself: it needs no lease to finish.
+            if (
+                self.lease_deadline is not None
+                and now > self.lease_deadline
+                and state != OutputState.RAMP_DOWN
+            ):
                 g.trip(Fault.LEASE_EXPIRED, f"lease {self._lease_s * 1000:.0f} ms not renewed")
                 return False
             if gap > self.cfg.loop.stall_ms / 1000.0:
