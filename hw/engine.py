@@ -4,6 +4,7 @@ States and what moves between them (every other transition is refused)::
 
     idle --self_test--> self_test --pass--> ready --start--> contact_check
     contact_check --contact good 0.5 s--> ramp_up --level reached--> running
+    running --level change--> ramp_up
     running/ramp_up --lift-off--> contact_check --skin again--> ramp_up
     running/ramp_up/contact_check --pause--> paused --resume--> ramp_up
     running/... --stop or program end or daily limit--> ramp_down --output off--> finished
@@ -196,7 +197,10 @@ class Engine:
             )
         if self._post_needed():
             # The first treatment of a day, and any after a fault, is preceded by a self-test.
-            self.loop.run_post()
+            try:
+                self.loop.run_post()
+            except CommandRefused as e:
+                raise EngineRefused(str(e)) from None
             self._pending_start = (program_id, level)
             self._go(State.SELF_TEST)
             return
@@ -239,8 +243,9 @@ class Engine:
     def level_step(self, delta: int) -> int:
         tr = self._need_treatment()
         cap = min(tr.step.max_level, self.cfg.limits.level_count)
-        # No wrap-around: at the top it stays at the top (a wrap to 1 surprises; to max stings).
-        return self.set_level(max(1, min(cap, tr.level + delta)))
+        # From the level in effect (a step's cap may hold it below the asked one). No wrap-around:
+        # at the top it stays at the top (a wrap to 1 surprises; a wrap to the top stings).
+        return self.set_level(max(1, min(cap, min(tr.level, cap) + delta)))
 
     def pause(self) -> None:
         if self.state not in (State.CONTACT_CHECK, State.RAMP_UP, State.RUNNING):
@@ -285,6 +290,10 @@ class Engine:
             self.loop.acknowledge()
         except CommandRefused as e:
             raise EngineRefused(str(e)) from None
+        if self.treatment is not None:
+            # Acknowledged before the engine's tick saw the trip: close the record first.
+            code = fault.code if fault else None
+            self._end_treatment("estop" if code == Fault.ESTOP else "fault", fault)
         self.recorder.event("acknowledge", str(fault.code) if fault else "NONE", "acknowledged")
         self._go(State.IDLE)
 
@@ -322,7 +331,9 @@ class Engine:
 
         if loop.guard.tripped:
             if self.state != State.FAULT:
-                self._end_treatment("estop" if loop.guard.fault.code == Fault.ESTOP else "fault")
+                fault = loop.guard.fault
+                code = fault.code if fault else None
+                self._end_treatment("estop" if code == Fault.ESTOP else "fault", fault)
                 self._pending_start = None
                 self._go(State.FAULT)
             return
@@ -380,7 +391,8 @@ class Engine:
             if tr.step_elapsed_s >= tr.next_cue_s:
                 tr.next_cue_s += tr.step.relocate_cue_s
                 self._cue("relocate", tr)
-            if tr.active_s >= tr.max_active_s:
+            # The limit counts real output time (what the history adds up), not the step timer.
+            if sum(z.active_s for z in tr.zones.values()) >= tr.max_active_s:
                 self.emit("limit", {"reason": "daily or maximum treatment time reached"})
                 self.stop("stopped")
                 return
@@ -447,12 +459,12 @@ class Engine:
             ),
         }
 
-    def _end_treatment(self, reason: str) -> None:
+    def _end_treatment(self, reason: str, fault=None) -> None:
         tr = self.treatment
         if tr is None:
             return
         summary = self.summary()
-        fault = self.loop.guard.fault
+        fault = fault or self.loop.guard.fault
         code = str(fault.code) if fault and reason in ("fault", "estop") else None
         if tr.treatment_id is not None:
             self.recorder.finish(tr.treatment_id, reason, summary, self._zones(tr), code)

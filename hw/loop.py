@@ -223,8 +223,7 @@ class ControlLoop:
             self.target_ua = float(target_ua)
             self.lease_deadline = self.clock.now() + self._lease_s
             self.board.lines.test_load.off()
-            self.board.lines.dac_shutdown.on()
-            self.board.lines.output_enable.on()
+            self._enable_output()
             self.board.lines.output_led.on()
             self.state = OutputState.RAMP_UP
             self._event("output_on", target_ua=self.target_ua)
@@ -234,7 +233,10 @@ class ControlLoop:
     def start_blocker(self) -> str | None:
         """Why output cannot start now, or None."""
         if self.guard.tripped:
-            return f"a fault is latched ({self.guard.fault.code}); acknowledge it first"
+            fault = self.guard.fault
+            return (
+                f"a fault is latched ({fault.code if fault else 'being cut'}); acknowledge it first"
+            )
         if not self.guard.post_valid:
             return "the self-test has not passed since the last start or fault"
         if self.state != OutputState.OFF:
@@ -308,6 +310,7 @@ class ControlLoop:
             raise CommandRefused(f"the self-test needs the output off (it is {self.state})")
         if self.guard.tripped:
             raise CommandRefused("acknowledge the fault before the self-test")
+        self.post_result = None  # nobody may read the previous result as this one's
 
         def apply() -> None:
             if self.state != OutputState.OFF or self.guard.tripped:
@@ -325,6 +328,10 @@ class ControlLoop:
         """Clear a latched fault once its cause is gone. Raises CommandRefused otherwise."""
         if self.state == OutputState.POST:
             raise CommandRefused("the self-test is running")
+        if self.guard.tripped and self.state != OutputState.TRIPPED:
+            # The loop has not yet taken the trip in hand; clearing the latch now would let it
+            # carry on from the state it was in.
+            raise CommandRefused("the fault is still being handled; try again in a moment")
         reason = self.guard.acknowledge(self._cause_present)
         if reason:
             raise CommandRefused(reason)
@@ -361,6 +368,16 @@ class ControlLoop:
         # Called from whichever thread tripped; the loop sees the latch on its next tick.
         self._event("fault", **record.as_dict())
 
+    def _enable_output(self) -> None:
+        """Close the relay path. Re-checks the guard afterwards: a trip racing this from another
+        thread raised its flag before cutting, so one of the two always ends with enable low."""
+        lines = self.board.lines
+        lines.dac_shutdown.on()
+        lines.output_enable.on()
+        if self.guard.tripped:
+            lines.output_enable.off()
+            lines.dac_shutdown.off()
+
     def _output_off(self, why: str) -> None:
         b = self.board
         b.lines.output_enable.off()
@@ -369,7 +386,8 @@ class ControlLoop:
         b.lines.output_led.off()
         self.state = OutputState.OFF
         self.amplitude_ua = 0.0
-        self._cmd_prev = 0.0
+        self._cmd_prev = self._cmd_prev2 = 0.0
+        self._code0_prev = -1
         self._event("output_off", reason=why)
 
     def _to_code(self, ua: float) -> int:
@@ -417,11 +435,16 @@ class ControlLoop:
             self._publish(now)
 
     def _enter_tripped(self) -> None:
+        # Re-assert the cut from the loop's own thread (trip() may have run on another one).
+        lines = self.board.lines
+        lines.output_enable.off()
+        lines.dac_shutdown.off()
         self.state = OutputState.TRIPPED
         self._post = None
         self.amplitude_ua = 0.0
         self.target_ua = 0.0
-        self._cmd_prev = 0.0
+        self._cmd_prev = self._cmd_prev2 = 0.0
+        self._code0_prev = -1
         self.lease_deadline = None
         self._publish(self.clock.now())
 
@@ -441,7 +464,7 @@ class ControlLoop:
             if lines.charger_pin.state:
                 g.trip(Fault.CHARGER, "charger detected during output")
                 return False
-            if lines.latch_pin.state and state != OutputState.LIFTED:
+            if lines.latch_pin.state:
                 g.trip(Fault.HW_OVERCURRENT, "comparator latch set")
                 return False
             # A ramp-down only goes toward zero by itself: it needs no lease to finish.
@@ -697,12 +720,26 @@ class ControlLoop:
             self._probe_left = self._probe_ticks
             self._probe_good = self._probe_bad = 0
             self._probe_sign = -self._probe_sign
-            b.lines.output_enable.on()
+            self._enable_output()
             with b.bus_lock:
                 b.dac.write_a(self._to_code(self._probe_sign * self._probe_ua))
             self._cmd_prev = self._probe_sign * self._probe_ua
             return True
-        # Inside a burst: judge the settled samples.
+        # Inside a burst: the probe is output like any other; it must not exceed its command.
+        prev = self._cmd_prev
+        aprev, ai = abs(prev), abs(i)
+        if ai > aprev + max(aprev * self._tol_pct, self._tol_ua) or (
+            prev * i < 0 and ai > self._tol_ua
+        ):
+            self._n["oc"] += 1
+            if self._n["oc"] >= self._n_oc:
+                self.guard.trip(
+                    Fault.OVERCURRENT_SETPOINT, f"{i:.0f} uA measured for a {prev:.0f} uA probe"
+                )
+                return False
+        else:
+            self._n["oc"] = 0
+        # Judge the settled samples for contact.
         self._probe_left -= 1
         if self._probe_left < self._probe_ticks - 2:
             ok = abs(i) >= 0.6 * self._probe_ua and abs(v) < self._v_comp
@@ -732,7 +769,7 @@ class ControlLoop:
         self.contact = True
         self.amplitude_ua = 0.0
         self._z_ema = None
-        self.board.lines.output_enable.on()
+        self._enable_output()
         self.state = OutputState.RAMP_UP
         self._event("contact_restored", lifted_s=round(now - self._lifted_since, 3))
 

@@ -187,6 +187,9 @@ class Guard:
         self._clock = clock
         self._lock = threading.Lock()
         self.fault: FaultRecord | None = None
+        # Raised before anything else in trip(): a thread that enables the output re-checks it
+        # afterwards, so a trip racing an enable always ends with the output off.
+        self._cutting = False
         self.trip_count = 0
         self.post_valid = False
         self.listeners: list[Callable[[FaultRecord], None]] = []
@@ -194,11 +197,12 @@ class Guard:
 
     @property
     def tripped(self) -> bool:
-        return self.fault is not None
+        return self._cutting or self.fault is not None
 
     def trip(self, code: Fault, detail: str = "") -> FaultRecord:
         """Cut the output at once and latch ``code`` (the first fault wins). Idempotent."""
         b = self._board
+        self._cutting = True
         # 1. Relay open. First, and outside every lock: it must not wait for anything.
         try:
             b.lines.output_enable.off()
@@ -246,10 +250,11 @@ class Guard:
     def acknowledge(self, cause_present: Callable[[], str | None]) -> str | None:
         """Clear the latch. Returns None on success or the reason it cannot be cleared yet."""
         with self._lock:
-            if self.fault is None:
+            if self.fault is None and not self._cutting:
                 return None
             reason = cause_present()
             if reason:
                 return reason
             self.fault = None
+            self._cutting = False
             return None

@@ -1,0 +1,1005 @@
+"""The treatment engine (hw/engine.py) driven over a SimRig in simulated time.
+
+The harness does what the kiosk and the daemon do: the control loop ticks at 2 kHz, the engine
+ticks every 40 loop ticks (20 ms, the daemon's service period) and, while a treatment is under
+way, the lease is renewed every 200 loop ticks (100 ms). The recorder is a fake that logs every
+call; ``active_s_today()`` returns a number the test sets.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from datetime import date, timedelta
+from typing import NamedTuple
+
+import pytest
+
+from hw.config import Config, Program, load_config
+from hw.engine import CHECKPOINT_S, CONTACT_CONFIRM_S, TREATING, Engine, EngineRefused, State
+from hw.levels import level_to_ua
+from hw.loop import OutputState
+from hw.safety import Fault
+from hw.sim.rig import SimRig
+
+DAY = date(2026, 11, 25)
+ENGINE_EVERY = 40  # loop ticks per engine tick (20 ms at 2 kHz)
+LEASE_EVERY = 200  # loop ticks per lease renewal (100 ms)
+ENGINE_TICK_S = 0.02
+EPS = 1e-6
+# The daemon keeps the lease while the engine is in one of these states (hw/daemon.py _LEASED).
+LEASED = TREATING | {State.RAMP_DOWN, State.SELF_TEST}
+
+S = State
+# Every edge the module docstring's diagram allows.
+DIAGRAM: frozenset[tuple[State, State]] = frozenset(
+    {
+        (S.IDLE, S.SELF_TEST),  # idle --self_test--> self_test
+        (S.SELF_TEST, S.READY),  # self_test --pass--> ready
+        (S.READY, S.CONTACT_CHECK),  # ready --start--> contact_check
+        (S.CONTACT_CHECK, S.RAMP_UP),  # contact good 0.5 s / skin again
+        (S.RAMP_UP, S.RUNNING),  # level reached
+        (S.RUNNING, S.RAMP_UP),  # running --level change--> ramp_up
+        (S.RUNNING, S.CONTACT_CHECK),  # lift-off
+        (S.RAMP_UP, S.CONTACT_CHECK),  # lift-off
+        (S.RUNNING, S.PAUSED),
+        (S.RAMP_UP, S.PAUSED),
+        (S.CONTACT_CHECK, S.PAUSED),
+        (S.PAUSED, S.RAMP_UP),  # resume
+        # "running/... --stop or program end or daily limit--> ramp_down" (stop works in every
+        # treating state)
+        *((s, S.RAMP_DOWN) for s in TREATING),
+        (S.RAMP_DOWN, S.FINISHED),
+        *((s, S.FAULT) for s in State if s != S.FAULT),  # any --trip--> fault
+        (S.FAULT, S.IDLE),  # acknowledge
+        (S.FINISHED, S.CONTACT_CHECK),  # finished --start--> contact_check
+        # "(a new self-test runs before output)" and the first start of a day: a start (or the
+        # self-test command) from a resting state goes through the self-test.
+        (S.READY, S.SELF_TEST),
+        (S.FINISHED, S.SELF_TEST),
+    }
+)
+
+
+# ---------------------------------------------------------------------------------- harness
+class FakeRecorder:
+    def __init__(self, clock: Callable[[], float]):
+        self.clock = clock
+        self.calls: list[tuple] = []
+        self.used_s = 0.0
+        self._next_id = 1
+
+    def begin(self, program_id: str, program_name: str) -> int | None:
+        tid = self._next_id
+        self._next_id += 1
+        self.calls.append(("begin", self.clock(), tid, program_id, program_name))
+        return tid
+
+    def checkpoint(self, treatment_id: int, summary: dict, zones: dict) -> None:
+        self.calls.append(("checkpoint", self.clock(), treatment_id, dict(summary), dict(zones)))
+
+    def finish(self, treatment_id, reason, summary, zones, fault_code) -> None:
+        self.calls.append(
+            ("finish", self.clock(), treatment_id, reason, dict(summary), dict(zones), fault_code)
+        )
+
+    def event(self, kind, code, message, treatment_id=None) -> None:
+        self.calls.append(("event", self.clock(), kind, code, message, treatment_id))
+
+    def active_s_today(self) -> float:
+        return self.used_s
+
+    def of(self, kind: str) -> list[tuple]:
+        return [c for c in self.calls if c[0] == kind]
+
+    def events(self, kind: str) -> list[tuple]:
+        return [c for c in self.calls if c[0] == "event" and c[2] == kind]
+
+
+class Emit(NamedTuple):
+    t: float
+    name: str
+    data: dict
+    step_elapsed_s: float | None  # of the treatment at the moment of the emit
+    active_s: float | None
+
+
+class Kiosk:
+    """SimRig + Engine + fake recorder, stepped like the daemon and the kiosk step them."""
+
+    def __init__(self, cfg: Config | None = None):
+        self.rig = SimRig(cfg, seed=1)
+        self.rig.sim.set_skin("normal")
+        self.cfg = self.rig.cfg
+        self.loop = self.rig.loop
+        self.day = DAY
+        self.rec = FakeRecorder(self.rig.clock.now)
+        self.emits: list[Emit] = []
+        self.n = 0
+        self.engine = Engine(
+            self.cfg,
+            self.loop,
+            self.rec,
+            self.rig.clock.now,
+            today=lambda: self.day,
+            emit=self._emit,
+        )
+
+    def _emit(self, name: str, data: dict) -> None:
+        tr = self.engine.treatment
+        self.emits.append(
+            Emit(
+                self.rig.clock.now(),
+                name,
+                data,
+                tr.step_elapsed_s if tr else None,
+                tr.active_s if tr else None,
+            )
+        )
+
+    def now(self) -> float:
+        return self.rig.clock.now()
+
+    def step(self) -> None:
+        self.rig.step()
+        self.n += 1
+        if self.n % LEASE_EVERY == 0 and self.engine.state in LEASED:
+            self.loop.renew_lease()
+        if self.n % ENGINE_EVERY == 0:
+            self.engine.tick()
+
+    def run(self, seconds: float) -> None:
+        for _ in range(round(seconds / self.rig.tick_s)):
+            self.step()
+
+    def run_until(self, pred: Callable[[], bool], timeout_s: float) -> bool:
+        """Step until ``pred()`` holds after an engine tick."""
+        for _ in range(round(timeout_s / self.rig.tick_s)):
+            self.step()
+            if self.n % ENGINE_EVERY == 0 and pred():
+                return True
+        return False
+
+    def wait_for(self, state: State, timeout_s: float) -> None:
+        ok = self.run_until(lambda: self.engine.state == state, timeout_s)
+        assert ok, (
+            f"not {state} after {timeout_s} s: {self.engine.state}, loop {self.loop.state}, "
+            f"fault {self.loop.guard.fault}"
+        )
+
+    def emitted(self, name: str) -> list[Emit]:
+        return [e for e in self.emits if e.name == name]
+
+    def close(self) -> None:
+        self.rig.on_tick = None
+        # Let a self-test under way end: its generator touches the lines when it is dropped.
+        self.rig.run_until(lambda: self.loop.state != OutputState.POST, 1.0)
+        self.rig.sim.clear_all()  # a held e-stop makes the button's close() wait
+        self.rig.close()
+
+
+@pytest.fixture
+def make_kiosk():
+    made: list[Kiosk] = []
+
+    def make(cfg: Config | None = None) -> Kiosk:
+        k = Kiosk(cfg)
+        made.append(k)
+        return k
+
+    yield make
+    for k in made:
+        k.close()
+
+
+def ua(cfg: Config, level: int, cap: int) -> float:
+    return level_to_ua(min(level, cap), cfg.limits, cap)
+
+
+def assert_diagram(engine: Engine) -> None:
+    extra = [e for e in engine.transitions if e not in DIAGRAM]
+    assert not extra, f"transitions outside the diagram: {extra}"
+
+
+def to_ready(k: Kiosk) -> None:
+    k.engine.self_test()
+    k.wait_for(State.READY, 2.0)
+
+
+def at_zero_command(k: Kiosk, timeout_s: float = 0.5) -> None:
+    """Step to a gap of the waveform (the loop's last two commands were zero).
+
+    A trip mid-pulse makes the loop trip ADC_STUCK again right after acknowledge (see
+    test_acknowledge_after_a_trip_mid_pulse_stays_idle); tests of what comes after an
+    acknowledge trip in a gap so they test the engine.
+    """
+    for _ in range(round(timeout_s / k.rig.tick_s)):
+        if k.loop._cmd_prev == 0.0 and k.loop._cmd_prev2 == 0.0:
+            return
+        k.step()
+    raise AssertionError("no gap in the waveform")
+
+
+def to_running(k: Kiosk, program: str = "demo", level: int = 2) -> None:
+    to_ready(k)
+    k.engine.start(program, level)
+    k.wait_for(State.RUNNING, 5.0)
+
+
+def fingerprint(k: Kiosk) -> dict:
+    """Everything a refused command must leave alone."""
+    e, loop = k.engine, k.loop
+    tr = e.treatment
+    return {
+        "state": e.state,
+        "treatment": None if tr is None else (id(tr), dataclasses.asdict(tr)),
+        "pending_start": e._pending_start,
+        "post_day": e.post_day,
+        "last_summary": e.last_summary,
+        "transitions": list(e.transitions),
+        "loop_state": loop.state,
+        "loop_target": loop.target_ua,
+        "loop_queued": len(loop._cmds),  # nothing may have been asked of the loop
+        "fault": loop.guard.fault,
+        "trip_count": loop.guard.trip_count,
+        "post_valid": loop.guard.post_valid,
+        "recorder": list(k.rec.calls),
+        "emits": len(k.emits),
+    }
+
+
+# ---------------------------------------------------------------- 1. the transition table
+REFUSED = None
+
+COMMANDS: dict[str, Callable[[Engine], object]] = {
+    "self_test": lambda e: e.self_test(),
+    "start": lambda e: e.start("demo", 2),
+    "set_level": lambda e: e.set_level(3),
+    "level_up": lambda e: e.level_step(+1),
+    "level_down": lambda e: e.level_step(-1),
+    "pause": lambda e: e.pause(),
+    "resume": lambda e: e.resume(),
+    "stop": lambda e: e.stop(),
+    "acknowledge": lambda e: e.acknowledge(),
+    "estop": lambda e: e.estop("test"),
+}
+
+
+def _reach_contact_check(k: Kiosk) -> None:
+    to_ready(k)
+    k.engine.start("demo", 2)
+    k.run(0.1)  # level 1 flows; contact not yet confirmed for 0.5 s
+
+
+def _reach_ramp_up(k: Kiosk) -> None:
+    to_ready(k)
+    k.engine.start("demo", 2)
+    k.wait_for(State.RAMP_UP, 2.0)
+
+
+def _reach_running(k: Kiosk) -> None:
+    to_running(k)
+    k.run(0.1)
+
+
+def _reach_paused(k: Kiosk) -> None:
+    to_running(k)
+    k.engine.pause()
+    assert k.run_until(lambda: k.loop.state == OutputState.OFF, 2.0)
+
+
+def _reach_ramp_down(k: Kiosk) -> None:
+    to_running(k)
+    k.engine.stop()
+    k.run(0.04)  # the stop ramp takes ramp_down_s (0.4 s)
+
+
+def _reach_finished(k: Kiosk) -> None:
+    to_running(k)
+    k.engine.stop()
+    k.wait_for(State.FINISHED, 2.0)
+
+
+def _reach_fault_estop(k: Kiosk) -> None:
+    to_running(k)
+    k.engine.estop("on-screen STOP")
+    k.run(0.04)
+
+
+def _reach_fault_sim(k: Kiosk) -> None:
+    to_running(k)
+    k.rig.sim.inject("open_circuit")
+    k.wait_for(State.FAULT, 1.0)
+    k.rig.sim.clear("open_circuit")  # the cause is gone; the latch stays
+
+
+REACH: dict[str, tuple[State, Callable[[Kiosk], None]]] = {
+    "idle": (S.IDLE, lambda k: None),
+    "self_test": (S.SELF_TEST, lambda k: (k.engine.self_test(), k.step(), k.step())),
+    "ready": (S.READY, to_ready),
+    "contact_check": (S.CONTACT_CHECK, _reach_contact_check),
+    "ramp_up": (S.RAMP_UP, _reach_ramp_up),
+    "running": (S.RUNNING, _reach_running),
+    "paused": (S.PAUSED, _reach_paused),
+    "ramp_down": (S.RAMP_DOWN, _reach_ramp_down),
+    "finished": (S.FINISHED, _reach_finished),
+    "fault_estop": (S.FAULT, _reach_fault_estop),
+    "fault_sim": (S.FAULT, _reach_fault_sim),
+}
+
+
+def _row(**accepted) -> dict:
+    row = dict.fromkeys(COMMANDS, REFUSED)
+    row.update(accepted)
+    return row
+
+
+_TREATING_ROW = {
+    "set_level": "same",
+    "level_up": "same",
+    "level_down": "same",
+    "pause": {S.PAUSED},
+    "stop": {S.RAMP_DOWN},
+    "estop": {S.FAULT},
+}
+# The state right after an accepted command (after one more engine tick for estop); "same" means
+# the state does not change. Everything else must raise EngineRefused and change nothing.
+TABLE: dict[str, dict] = {
+    "idle": _row(self_test={S.SELF_TEST}, start={S.SELF_TEST}, estop={S.FAULT}),
+    "self_test": _row(estop={S.FAULT}),
+    "ready": _row(self_test={S.SELF_TEST}, start={S.CONTACT_CHECK}, estop={S.FAULT}),
+    "contact_check": _row(**_TREATING_ROW),
+    "ramp_up": _row(**_TREATING_ROW),
+    # A level change while running makes the loop ramp again (ramp_up until it is reached).
+    "running": _row(
+        **{
+            **_TREATING_ROW,
+            "set_level": {S.RUNNING, S.RAMP_UP},
+            "level_up": {S.RUNNING, S.RAMP_UP},
+            "level_down": {S.RUNNING, S.RAMP_UP},
+        }
+    ),
+    "paused": _row(
+        set_level="same",
+        level_up="same",
+        level_down="same",
+        resume={S.RAMP_UP},
+        stop={S.RAMP_DOWN},
+        estop={S.FAULT},
+    ),
+    "ramp_down": _row(estop={S.FAULT}),
+    "finished": _row(self_test={S.SELF_TEST}, start={S.CONTACT_CHECK}, estop={S.FAULT}),
+    "fault_estop": _row(acknowledge={S.IDLE}, estop={S.FAULT}),
+    "fault_sim": _row(acknowledge={S.IDLE}, estop={S.FAULT}),
+}
+
+
+def test_table_covers_every_state_and_command():
+    assert {s for s, _ in REACH.values()} == set(State)
+    for where, row in TABLE.items():
+        assert set(row) == set(COMMANDS), where
+    assert set(TABLE) == set(REACH)
+
+
+@pytest.mark.parametrize("where", list(REACH))
+def test_refused_commands_change_nothing(make_kiosk, where):
+    state, reach = REACH[where]
+    k = make_kiosk()
+    reach(k)
+    assert k.engine.state == state
+    for cmd, expect in TABLE[where].items():
+        if expect is not REFUSED:
+            continue
+        before = fingerprint(k)
+        with pytest.raises(EngineRefused):
+            COMMANDS[cmd](k.engine)
+        assert fingerprint(k) == before, f"{cmd} in {where} was refused but changed something"
+    # Bad arguments to otherwise acceptable commands are refused the same way.
+    if where in ("ready", "finished"):
+        for bad in (
+            lambda e: e.start("no-such-program"),
+            lambda e: e.start("demo", 0),
+            lambda e: e.start("demo", k.cfg.limits.level_count + 1),
+        ):
+            before = fingerprint(k)
+            with pytest.raises(EngineRefused):
+                bad(k.engine)
+            assert fingerprint(k) == before
+    if where in ("contact_check", "ramp_up", "running", "paused"):
+        cap = k.engine.treatment.step.max_level
+        for level in (0, cap + 1):
+            before = fingerprint(k)
+            with pytest.raises(EngineRefused):
+                k.engine.set_level(level)
+            assert fingerprint(k) == before
+
+
+def _accepted_cases():
+    for where, row in TABLE.items():
+        for cmd, expect in row.items():
+            if expect is REFUSED:
+                continue
+            yield pytest.param(where, cmd, id=f"{where}-{cmd}")
+
+
+@pytest.mark.parametrize("where,cmd", list(_accepted_cases()))
+def test_accepted_command_makes_documented_transition(make_kiosk, where, cmd):
+    state, reach = REACH[where]
+    k = make_kiosk()
+    reach(k)
+    e = k.engine
+    assert e.state == state
+    expect = TABLE[where][cmd]
+    expect = {state} if expect == "same" else expect
+    fault_before = k.loop.guard.fault
+    finishes_before = len(k.rec.of("finish"))
+    had_treatment = e.treatment is not None
+
+    result = COMMANDS[cmd](e)
+    if cmd == "estop":
+        k.run(0.04)
+    assert e.state in expect, (where, cmd, e.state)
+
+    # The command did what it is for.
+    if cmd in ("set_level", "level_up"):
+        assert result == 3 and e.treatment.level == 3
+    elif cmd == "level_down":
+        assert result == 1 and e.treatment.level == 1
+    elif cmd == "pause":
+        assert k.run_until(lambda: k.loop.state == OutputState.OFF, 2.0)
+        assert e.state == S.PAUSED
+    elif cmd == "resume":
+        k.wait_for(S.RUNNING, 3.0)
+    elif cmd == "stop":
+        k.wait_for(S.FINISHED, 2.0)
+        assert k.rec.of("finish")[-1][3] == "stopped"
+    elif cmd == "start":
+        k.wait_for(S.CONTACT_CHECK, 2.0)
+        assert k.rec.of("begin")[-1][3] == "demo"
+        k.step()  # the loop applies the start on its next tick
+        assert k.loop.state in (OutputState.RAMP_UP, OutputState.ON)
+    elif cmd == "self_test":
+        k.wait_for(S.READY, 2.0)
+        assert k.loop.post_result["passed"]
+    elif cmd == "acknowledge":
+        assert not k.loop.guard.tripped
+        assert k.rec.events("acknowledge")
+    elif cmd == "estop":
+        if fault_before is not None:  # already latched: the first fault stays, nothing re-ends
+            assert k.loop.guard.fault == fault_before
+            assert len(k.rec.of("finish")) == finishes_before
+        else:
+            assert k.loop.guard.fault.code == Fault.ESTOP
+            if had_treatment:
+                assert k.rec.of("finish")[-1][3] == "estop"
+    assert_diagram(e)
+
+
+def test_whole_session_stays_on_the_diagram(make_kiosk):
+    """Boot, self-test, treat with a lift, a pause and an end; a fault; a start after it."""
+    k = make_kiosk()
+    to_running(k)
+    k.rig.sim.inject("lift_off")
+    k.wait_for(S.CONTACT_CHECK, 1.0)
+    k.rig.sim.clear("lift_off")
+    k.wait_for(S.RUNNING, 3.0)
+    k.engine.pause()
+    k.run(1.0)
+    k.engine.resume()
+    k.wait_for(S.RUNNING, 3.0)
+    k.engine.stop()
+    k.wait_for(S.FINISHED, 2.0)
+    k.engine.start("demo", 2)
+    k.wait_for(S.RUNNING, 3.0)
+    at_zero_command(k)
+    k.rig.sim.inject("estop")
+    k.wait_for(S.FAULT, 0.5)
+    k.rig.sim.clear("estop")
+    k.engine.acknowledge()
+    k.engine.start("demo", 2)
+    k.wait_for(S.RUNNING, 5.0)
+    assert_diagram(k.engine)
+    seen = set(k.engine.transitions)
+    assert (S.RUNNING, S.CONTACT_CHECK) in seen and (S.PAUSED, S.RAMP_UP) in seen
+    assert (S.IDLE, S.SELF_TEST) in seen and (S.FAULT, S.IDLE) in seen
+
+
+# --------------------------------------------------------------------------- 2. levels
+def _contact_run_before_switch(trace, ua1: float) -> tuple[float, float]:
+    """(first target, length of the ON-with-contact run that ended when level 1 was left)."""
+    first = next(t for _, _, _, t in trace if t > 0)
+    i_switch = next(i for i, (_, _, _, t) in enumerate(trace) if t > 0 and t != ua1)
+    t_switch = trace[i_switch][0]
+    j = i_switch - 1
+    while j >= 0 and trace[j][1] == OutputState.ON and trace[j][2]:
+        j -= 1
+    return first, t_switch - trace[j + 1][0]
+
+
+@pytest.mark.parametrize("program_id", ["demo", "quick-tone", "full-face-lift"])
+def test_treatment_starts_at_level_1_then_ramps_to_capped_level(make_kiosk, program_id):
+    k = make_kiosk()
+    to_ready(k)
+    trace: list[tuple[float, OutputState, bool, float]] = []
+    k.rig.on_tick = lambda r: trace.append(
+        (r.clock.now(), r.loop.state, r.loop.contact, r.loop.target_ua)
+    )
+    asked = k.cfg.limits.level_count  # above every step's cap
+    k.engine.start(program_id, asked)
+    k.wait_for(S.RUNNING, 5.0)
+    step = k.cfg.program(program_id).steps[0]
+    ua1 = level_to_ua(1, k.cfg.limits)
+    first, good_s = _contact_run_before_switch(trace, ua1)
+    assert first == ua1
+    # The engine counts contact in 20 ms ticks: the first one may credit part of a tick.
+    assert CONTACT_CONFIRM_S - ENGINE_TICK_S - EPS <= good_s <= CONTACT_CONFIRM_S + ENGINE_TICK_S
+    assert k.loop.target_ua == ua(k.cfg, asked, step.max_level)
+    assert k.engine.status()["level"] == step.max_level
+    assert_diagram(k.engine)
+
+
+def test_lift_during_contact_check_restarts_the_half_second(make_kiosk):
+    k = make_kiosk()
+    to_ready(k)
+    trace: list[tuple[float, OutputState, bool, float]] = []
+    k.rig.on_tick = lambda r: trace.append(
+        (r.clock.now(), r.loop.state, r.loop.contact, r.loop.target_ua)
+    )
+    k.engine.start("demo", 3)
+    assert k.run_until(lambda: k.loop.state == OutputState.ON, 1.0)
+    k.run(0.3)  # 0.3 s of good contact at level 1
+    k.rig.sim.inject("lift_off")
+    k.run(0.5)
+    assert k.engine.state == S.CONTACT_CHECK
+    k.rig.sim.clear("lift_off")
+    k.wait_for(S.RUNNING, 5.0)
+    ua1 = level_to_ua(1, k.cfg.limits)
+    first, good_s = _contact_run_before_switch(trace, ua1)
+    assert first == ua1
+    assert good_s >= CONTACT_CONFIRM_S - ENGINE_TICK_S - EPS
+
+
+def test_set_level_above_step_cap_is_refused(make_kiosk):
+    k = make_kiosk()
+    to_running(k, "demo", 2)
+    cap = k.engine.treatment.step.max_level
+    before = fingerprint(k)
+    with pytest.raises(EngineRefused):
+        k.engine.set_level(cap + 1)
+    assert fingerprint(k) == before
+    assert k.engine.set_level(cap) == cap
+    k.wait_for(S.RUNNING, 3.0)
+    assert k.loop.target_ua == ua(k.cfg, cap, cap)
+
+
+def test_level_step_never_wraps(make_kiosk):
+    k = make_kiosk()
+    to_running(k, "demo", 1)
+    e = k.engine
+    cap = e.treatment.step.max_level
+    assert e.level_step(-1) == 1
+    assert e.level_step(-1) == 1
+    for want in range(2, cap + 1):
+        assert e.level_step(+1) == want
+    assert e.level_step(+1) == cap
+    assert e.level_step(+1) == cap
+    k.wait_for(S.RUNNING, 3.0)
+    assert k.loop.target_ua == ua(k.cfg, cap, cap)
+    assert e.level_step(-1) == cap - 1
+
+
+def test_level_down_from_a_capped_asked_level_lowers_the_level(make_kiosk):
+    k = make_kiosk()
+    to_running(k, "demo", 10)
+    cap = k.engine.treatment.step.max_level
+    assert k.engine.status()["level"] == cap
+    assert k.engine.level_step(-1) == cap - 1
+
+
+# --------------------------------------------------------------------------- 3. timers
+def test_step_time_frozen_while_paused(make_kiosk):
+    k = make_kiosk()
+    to_running(k)
+    k.run(1.0)
+    e = k.engine
+    tr = e.treatment
+    e.pause()
+    left, elapsed, active = e.status()["step_left_s"], tr.step_elapsed_s, tr.active_s
+    k.run(2.0)
+    assert e.state == S.PAUSED and k.loop.state == OutputState.OFF
+    assert e.status()["step_left_s"] == left
+    assert (tr.step_elapsed_s, tr.active_s) == (elapsed, active)
+    assert not [c for c in k.emitted("cue") if c.t > k.now() - 2.0]
+    e.resume()
+    k.wait_for(S.RUNNING, 3.0)
+    assert tr.step_elapsed_s > elapsed
+
+
+def test_step_time_not_advanced_while_lifted(make_kiosk):
+    k = make_kiosk()
+    to_running(k)
+    tr = k.engine.treatment
+    driving = [0]
+
+    def count(r):
+        if r.loop.state in (OutputState.RAMP_UP, OutputState.ON):
+            driving[0] += 1
+
+    lift_debounce_s = k.cfg.limits.lift_debounce_ms / 1000.0
+    for offset in (0, 23):  # loop ticks after an engine tick at which the skin is left
+        k.run(0.5)
+        assert k.n % ENGINE_EVERY == 0
+        driving[0] = 0
+        k.rig.on_tick = count
+        t0, left0 = k.now(), k.engine.status()["step_left_s"]
+        for _ in range(offset):
+            k.step()
+        k.rig.sim.inject("lift_off")
+        k.run(1.0)
+        assert k.engine.state == S.CONTACT_CHECK and k.loop.state == OutputState.LIFTED
+        k.rig.sim.clear("lift_off")
+        k.wait_for(S.RUNNING, 3.0)
+        k.run(0.2)
+        k.rig.on_tick = None
+        assert tr.step_index == 0
+        used = left0 - k.engine.status()["step_left_s"]
+        flowed = driving[0] * k.rig.tick_s
+        # Step time follows the time current flowed, to an engine tick (plus the loop's lift
+        # debounce, which the loop still counts as ON); the lifted second did not count.
+        assert flowed - ENGINE_TICK_S - lift_debounce_s - EPS <= used <= flowed + EPS
+        assert used < (k.now() - t0) - 1.0
+
+
+# A short tour for the timer and dose tests: three zones, three caps, two cue periods.
+TOUR = {
+    "id": "test-tour",
+    "name": "Test tour",
+    "description": "Three short steps.",
+    "steps": [
+        {
+            "zone": "cheeks",
+            "motion": "glide",
+            "duration_s": 6.0,
+            "frequency_hz": 10.0,
+            "pulse_width_ms": 40.0,
+            "max_level": 4,
+            "relocate_cue_s": 2.5,
+            "text": "Cheeks.",
+        },
+        {
+            "zone": "forehead",
+            "motion": "hold",
+            "duration_s": 5.0,
+            "frequency_hz": 10.0,
+            "pulse_width_ms": 40.0,
+            "max_level": 3,
+            "relocate_cue_s": 2.0,
+            "text": "Forehead.",
+        },
+        {
+            "zone": "neck",
+            "motion": "glide",
+            "duration_s": 5.0,
+            "frequency_hz": 10.0,
+            "pulse_width_ms": 40.0,
+            "max_level": 5,
+            "relocate_cue_s": 0.0,
+            "text": "Neck.",
+        },
+    ],
+}
+TOUR_LEVEL = 5
+
+
+class TourRun(NamedTuple):
+    k: Kiosk
+    program: Program
+    targets: list[tuple[float, float]]  # (time, loop target) at every change
+    t_ramp: float  # when contact was confirmed (timers start)
+
+
+@pytest.fixture(scope="module")
+def tour():
+    base = load_config(env={})
+    program = Program.model_validate(TOUR)
+    cfg = base.model_copy(update={"programs": (*base.programs, program)})
+    k = Kiosk(cfg)
+    targets: list[tuple[float, float]] = []
+
+    def watch(r):
+        if not targets or targets[-1][1] != r.loop.target_ua:
+            targets.append((r.clock.now(), r.loop.target_ua))
+
+    try:
+        to_ready(k)
+        k.rig.on_tick = watch
+        k.engine.start("test-tour", TOUR_LEVEL)
+        k.wait_for(S.RAMP_UP, 2.0)
+        t_ramp = k.now()
+        k.wait_for(S.FINISHED, 25.0)
+        k.run(0.2)
+        k.rig.on_tick = None
+        yield TourRun(k, program, targets, t_ramp)
+    finally:
+        k.close()
+
+
+def test_program_ends_by_itself(tour):
+    k = tour.k
+    assert k.engine.state == S.FINISHED and k.engine.treatment is None
+    assert k.loop.state == OutputState.OFF and not k.loop.guard.tripped
+    assert k.engine.last_summary["end_reason"] == "finished"
+    assert k.engine.status()["last_summary"]["end_reason"] == "finished"
+    finishes = k.rec.of("finish")
+    assert len(finishes) == 1
+    _, _, tid, reason, _summary, zones, code = finishes[0]
+    assert (tid, reason, code) == (k.rec.of("begin")[0][2], "finished", None)
+    assert set(zones) == {s.zone for s in tour.program.steps}
+    for z in zones.values():
+        assert z["active_s"] > 0 and z["charge_uc"] > 0
+    assert_diagram(k.engine)
+
+
+def test_steps_advance_in_order_with_next_zone_cues(tour):
+    k, steps = tour.k, tour.program.steps
+    nz = [c for c in k.emitted("cue") if c.data["kind"] == "next_zone"]
+    assert [(c.data["step"], c.data["zone"]) for c in nz] == [
+        (i, s.zone) for i, s in enumerate(steps)
+    ][1:]
+    # With no interruption the steps last their durations, to an engine tick.
+    starts = [tour.t_ramp] + [c.t for c in nz]
+    for i, (a, b) in enumerate(zip(starts, starts[1:])):
+        assert abs((b - a) - steps[i].duration_s) <= ENGINE_TICK_S + EPS
+    # Each step's cap applies when it starts: asked TOUR_LEVEL, capped per step.
+    lim = k.cfg.limits
+    wanted = [level_to_ua(1, lim)] + [ua(k.cfg, TOUR_LEVEL, s.max_level) for s in steps]
+    assert [t for _, t in tour.targets if t > 0] == wanted
+
+
+def test_relocate_cues_every_relocate_cue_s(tour):
+    k, steps = tour.k, tour.program.steps
+    cues = [c for c in k.emitted("cue") if c.data["kind"] == "relocate"]
+    for i, step in enumerate(steps):
+        mine = [c for c in cues if c.data["step"] == i]
+        if not step.relocate_cue_s:
+            assert mine == []
+            continue
+        n = int((step.duration_s - EPS) // step.relocate_cue_s)
+        assert len(mine) == n, (step.zone, len(mine))
+        for j, c in enumerate(mine, start=1):
+            assert c.data["zone"] == step.zone
+            due = j * step.relocate_cue_s
+            assert due - EPS <= c.step_elapsed_s <= due + ENGINE_TICK_S + EPS
+
+
+# ------------------------------------------------------------------------ 6. dose accounting
+def test_zone_charge_matches_the_loop(tour):
+    k = tour.k
+    s = k.engine.last_summary
+    zones = s["zones"]
+    loop_q = k.loop.snapshot.charge_uc
+    assert loop_q > 0
+    assert abs(sum(z["charge_uc"] for z in zones.values()) - loop_q) <= 0.01 * loop_q
+    assert s["charge_uc"] == pytest.approx(sum(z["charge_uc"] for z in zones.values()))
+    assert s["active_s"] == pytest.approx(sum(z["active_s"] for z in zones.values()))
+    assert abs(s["active_s"] - k.loop.snapshot.active_s) <= 0.01 * k.loop.snapshot.active_s
+    for z in [*zones.values(), s]:
+        assert z["mean_current_ua"] == pytest.approx(z["charge_uc"] / z["active_s"])
+        assert 0 < z["mean_current_ua"] <= z["peak_current_ua"]
+    top = max(ua(k.cfg, TOUR_LEVEL, st.max_level) for st in tour.program.steps)
+    assert s["peak_current_ua"] <= top * 1.2
+
+
+def test_checkpoints_every_five_seconds(tour):
+    k = tour.k
+    cps = k.rec.of("checkpoint")
+    begin_t = k.rec.of("begin")[0][1]
+    end_t = k.rec.of("finish")[0][1]
+    assert len(cps) >= int((end_t - begin_t) // CHECKPOINT_S)
+    times = [c[1] for c in cps]
+    assert times[0] - begin_t <= 2 * ENGINE_TICK_S + EPS  # the first tick only takes a snapshot
+    for a, b in zip(times, times[1:]):
+        assert CHECKPOINT_S - EPS <= b - a <= CHECKPOINT_S + ENGINE_TICK_S + EPS
+    charges = [c[3]["charge_uc"] for c in cps]
+    assert charges == sorted(charges)
+    assert all(c[2] == k.rec.of("begin")[0][2] for c in cps)
+
+
+# ------------------------------------------------------------------------ 4. auto-off, caps
+@pytest.mark.parametrize("left_s,ok", [(9.9, False), (10.0, True)])
+def test_start_refused_when_daily_time_used_up(make_kiosk, left_s, ok):
+    k = make_kiosk()
+    to_ready(k)
+    k.rec.used_s = k.cfg.limits.daily_max_s - left_s
+    if ok:
+        k.engine.start("demo", 2)
+        assert k.engine.state == S.CONTACT_CHECK
+        return
+    before = fingerprint(k)
+    with pytest.raises(EngineRefused, match="used up"):
+        k.engine.start("demo", 2)
+    assert fingerprint(k) == before
+
+
+DAY_LEFT_S = 12.0  # the demo program needs 16 s
+
+
+@pytest.fixture(scope="module")
+def day_runs_out():
+    """A demo treatment started with 12 s of the day's output time left, run to its end."""
+    k = Kiosk()
+    try:
+        to_ready(k)
+        k.rec.used_s = k.cfg.limits.daily_max_s - DAY_LEFT_S
+        k.engine.start("demo", 3)
+        k.wait_for(S.FINISHED, 25.0)
+        yield k
+    finally:
+        k.close()
+
+
+def test_treatment_stops_when_the_day_runs_out(day_runs_out):
+    k = day_runs_out
+    limits = k.emitted("limit")
+    assert len(limits) == 1
+    # The limit counts real output time (the contact check at level 1 included), so the step
+    # timer has run less than the day's remainder when it fires.
+    assert 0 < limits[0].active_s <= DAY_LEFT_S + ENGINE_TICK_S + EPS
+    assert k.engine.last_summary["end_reason"] == "stopped"  # END_REASONS has no 'limit'
+    assert k.engine.transitions[-2:] == [(S.RUNNING, S.RAMP_DOWN), (S.RAMP_DOWN, S.FINISHED)]
+    assert not k.loop.guard.tripped and k.loop.state == OutputState.OFF
+    assert len(k.rec.of("finish")) == 1
+
+
+def test_daily_limit_holds_for_the_recorded_output_time(day_runs_out):
+    k = day_runs_out
+    recorded = k.rec.of("finish")[0][4]["active_s"]
+    assert recorded <= DAY_LEFT_S + k.cfg.limits.ramp_down_s + ENGINE_TICK_S
+
+
+def test_first_start_of_a_day_runs_the_self_test(make_kiosk):
+    k = make_kiosk()
+    to_running(k)
+    assert k.engine.post_day == DAY
+    k.engine.stop()
+    k.wait_for(S.FINISHED, 2.0)
+    # Same day: straight to the contact check.
+    k.engine.start("demo", 2)
+    assert k.engine.state == S.CONTACT_CHECK
+    k.engine.stop()
+    k.wait_for(S.FINISHED, 2.0)
+    posts = len(k.rec.events("post"))
+    begins = len(k.rec.of("begin"))
+    k.day = DAY + timedelta(days=1)
+    k.engine.start("demo", 2)
+    assert k.engine.state == S.SELF_TEST and len(k.rec.of("begin")) == begins
+    k.wait_for(S.CONTACT_CHECK, 2.0)
+    assert k.engine.transitions[-3:] == [
+        (S.FINISHED, S.SELF_TEST),
+        (S.SELF_TEST, S.READY),
+        (S.READY, S.CONTACT_CHECK),
+    ]
+    assert k.engine.post_day == k.day
+    assert len(k.rec.events("post")) == posts + 1 and k.rec.events("post")[-1][3] == "PASS"
+    assert len(k.rec.of("begin")) == begins + 1
+    k.wait_for(S.RUNNING, 3.0)
+    assert_diagram(k.engine)
+
+
+def test_new_day_start_waits_for_the_new_self_test(make_kiosk):
+    k = make_kiosk()
+    to_running(k)
+    k.engine.stop()
+    k.wait_for(S.FINISHED, 2.0)
+    k.day = DAY + timedelta(days=1)
+    k.engine.start("demo", 2)
+    k.engine.tick()  # the service thread ticks before the loop's next tick
+    assert k.engine.state == S.SELF_TEST
+    k.wait_for(S.RUNNING, 5.0)
+
+
+# --------------------------------------------------------------------------------- 5. faults
+@pytest.mark.parametrize(
+    "fault,code", [("open_circuit", Fault.OPEN_CIRCUIT), ("charger", Fault.CHARGER)]
+)
+def test_injected_fault_while_running(make_kiosk, fault, code):
+    k = make_kiosk()
+    to_running(k)
+    tid = k.engine.treatment.treatment_id
+    k.rig.sim.inject(fault)
+    k.wait_for(S.FAULT, 1.0)
+    assert k.loop.state == OutputState.TRIPPED and k.engine.treatment is None
+    finishes = k.rec.of("finish")
+    assert len(finishes) == 1
+    assert (finishes[0][2], finishes[0][3], finishes[0][6]) == (tid, "fault", str(code))
+    assert k.engine.last_summary["end_reason"] == "fault"
+    assert [(c[3], c[5]) for c in k.rec.events("fault")] == [(str(code), tid)]
+    assert [e.data["code"] for e in k.emitted("fault")] == [str(code)]
+    if fault == "charger":  # the cause is checked on acknowledge
+        before = fingerprint(k)
+        with pytest.raises(EngineRefused, match="charger"):
+            k.engine.acknowledge()
+        assert fingerprint(k) == before
+    k.rig.sim.clear(fault)
+    k.engine.acknowledge()
+    assert k.engine.state == S.IDLE
+    assert_diagram(k.engine)
+
+
+@pytest.mark.parametrize("how", ["button", "screen"])
+def test_estop_then_acknowledge_then_self_test_before_output(make_kiosk, how):
+    k = make_kiosk()
+    to_running(k)
+    tid = k.engine.treatment.treatment_id
+    at_zero_command(k)
+    if how == "button":
+        k.rig.sim.inject("estop")
+    else:
+        k.engine.estop("on-screen STOP")
+    k.wait_for(S.FAULT, 0.5)
+    finishes = k.rec.of("finish")
+    assert len(finishes) == 1
+    assert (finishes[0][2], finishes[0][3], finishes[0][6]) == (tid, "estop", "ESTOP")
+    if how == "button":
+        k.run(0.5)
+        before = fingerprint(k)
+        with pytest.raises(EngineRefused, match="e-stop"):
+            k.engine.acknowledge()
+        assert fingerprint(k) == before
+        k.rig.sim.clear("estop")
+    k.run(0.1)
+    k.engine.acknowledge()
+    assert k.engine.state == S.IDLE and not k.loop.guard.tripped
+    assert k.rec.events("acknowledge")[-1][3] == "ESTOP"
+    k.run(0.1)
+    assert k.engine.state == S.IDLE  # no self-test has passed since the fault
+    posts = len(k.rec.events("post"))
+    k.engine.start("demo", 2)
+    assert k.engine.state == S.SELF_TEST
+    k.wait_for(S.CONTACT_CHECK, 2.0)
+    assert len(k.rec.events("post")) == posts + 1
+    k.step()  # the loop applies the start on its next tick
+    assert k.loop.target_ua == level_to_ua(1, k.cfg.limits)
+    k.wait_for(S.RUNNING, 3.0)
+    assert len(k.rec.of("begin")) == 2
+    assert_diagram(k.engine)
+
+
+def test_acknowledge_before_the_engine_saw_the_trip(make_kiosk):
+    k = make_kiosk()
+    to_running(k)
+    k.engine.estop("on-screen STOP")
+    try:
+        k.engine.acknowledge()  # in the same service-thread turn, before the next engine tick
+    except EngineRefused:
+        pass  # refusing it would be fine
+    k.run(1.0)
+    finishes = k.rec.of("finish")
+    assert [(f[3], f[6]) for f in finishes] == [("estop", "ESTOP")]
+    assert k.loop.guard.fault is None or k.loop.guard.fault.code == Fault.ESTOP
+    assert_diagram(k.engine)
+
+
+def test_start_right_after_a_trip_is_refused_by_the_engine(make_kiosk):
+    k = make_kiosk()
+    to_ready(k)
+    k.engine.estop("on-screen STOP")  # the engine still says ready until its next tick
+    before = fingerprint(k)
+    with pytest.raises(EngineRefused):
+        k.engine.start("demo", 2)
+    assert fingerprint(k) == before
+
+
+def test_acknowledge_after_a_trip_mid_pulse_stays_idle(make_kiosk):
+    k = make_kiosk()
+    to_running(k)
+    follow_min = k.cfg.limits.follow_min_ua
+    assert k.run_until(lambda: abs(k.loop._cmd_prev2) >= follow_min, 0.5)
+    k.rig.sim.inject("estop")
+    k.wait_for(S.FAULT, 0.5)
+    k.rig.sim.clear("estop")
+    k.engine.acknowledge()
+    k.run(0.1)
+    assert k.engine.state == S.IDLE, k.loop.guard.fault
+    k.engine.start("demo", 2)
+    k.wait_for(S.RUNNING, 5.0)
