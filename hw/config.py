@@ -118,7 +118,7 @@ class Limits(_Strict):
     daily_max_s: float = Field(gt=0, le=CEIL_DAILY_S)
     lease_ms: float = _rng(*LEASE_MS_RANGE)
     ramp_up_s: float = _rng(*RAMP_UP_S_RANGE)
-    ramp_down_s: float = _rng(*RAMP_DOWN_S_RANGE)
+    ramp_down_s: float = _rng(*RAMP_DOWN_S_RANGE)  # the shortest stop ramp (see Waveform.stop_ramp)
     level_count: int = _rng(*LEVEL_COUNT_RANGE)
     level_min_ua: float = Field(gt=0, le=CEIL_CURRENT_UA)
     level_max_ua: float = Field(gt=0, le=CEIL_CURRENT_UA)

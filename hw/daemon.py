@@ -84,7 +84,8 @@ class HistoryWorker:
                 if fut is not None:
                     fut.set_result(result)
             except Exception as e:  # noqa: BLE001
-                log.error("history: %s: %s", type(e).__name__, e)
+                if not isinstance(e, LookupError):  # a missing record is an answer, not an error
+                    log.error("history: %s: %s", type(e).__name__, e)
                 if fut is not None:
                     fut.set_exception(e)
         h.close()
@@ -327,6 +328,7 @@ class Daemon:
             self.clients.discard(client)
             if self.lease_holder is client:
                 self.lease_holder = None
+                self.engine.cancel_pending_start()  # its self-test may still be running
                 if self.loop.state in ACTIVE and self.loop.state != OutputState.RAMP_DOWN:
                     # The controlling client is gone: its lease cannot be renewed, cut now.
                     log.warning("controller %s disconnected during output", client.name)
@@ -356,13 +358,17 @@ class Daemon:
             client.send(P.reply_error(req.id, P.INTERNAL, f"{type(e).__name__}"))
             return
         if isinstance(result, asyncio.Future):
-            result.add_done_callback(
-                lambda f: client.send(
-                    P.reply_ok(req.id, f.result())
-                    if not f.exception()
-                    else P.reply_error(req.id, P.INTERNAL, str(f.exception()))
-                )
-            )
+
+            def done(f: asyncio.Future) -> None:
+                e = f.exception()
+                if e is None:
+                    client.send(P.reply_ok(req.id, f.result()))
+                elif isinstance(e, LookupError):
+                    client.send(P.reply_error(req.id, P.NOT_FOUND, str(e).strip("'\"")))
+                else:
+                    client.send(P.reply_error(req.id, P.INTERNAL, type(e).__name__))
+
+            result.add_done_callback(done)
         else:
             client.send(P.reply_ok(req.id, result))
 

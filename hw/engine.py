@@ -226,6 +226,10 @@ class Engine:
         self._go(State.CONTACT_CHECK)
         self.emit("treatment_started", {"program": program.id, "treatment_id": tid})
 
+    def cancel_pending_start(self) -> None:
+        """The client that asked for a start is gone: don't start when the self-test ends."""
+        self._pending_start = None
+
     def set_level(self, level: int) -> int:
         tr = self._need_treatment()
         cap = min(tr.step.max_level, self.cfg.limits.level_count)
@@ -314,6 +318,7 @@ class Engine:
             if kind in ("contact_lost", "contact_restored"):
                 self.emit(kind, data)
             elif kind == "post":
+                self.emit("post", self.loop.post_result or data)
                 self.recorder.event(
                     "post",
                     "PASS" if data.get("passed") else "FAIL",

@@ -49,6 +49,8 @@ class OutputState(StrEnum):
     TRIPPED = "tripped"
 
 
+SETTLE_S = 0.0003  # the output stage settles well within this after a step (tau ~ 60 us)
+
 ACTIVE = frozenset({OutputState.RAMP_UP, OutputState.ON, OutputState.RAMP_DOWN, OutputState.LIFTED})
 DRIVING = frozenset({OutputState.RAMP_UP, OutputState.ON, OutputState.RAMP_DOWN})
 
@@ -119,6 +121,7 @@ class ControlLoop:
         self._n_lift = _ticks(lim.lift_debounce_ms, ts)
         self._z_min, self._z_max = lim.min_impedance_ohm, lim.max_impedance_ohm
         self._n_z = _ticks(lim.impedance_debounce_ms, ts)
+        self._n_zlo = max(2, self._n_z // 4)  # on the smoothed value, which already averages
         self._q_max = lim.max_net_charge_uc
         self._zero_tol = cfg.hardware.post.zero_tolerance_ua
         self._n_resid = _ticks(5.0, ts)
@@ -166,11 +169,14 @@ class ControlLoop:
         self._stop_sign, self._stop_a0, self._stop_n, self._stop_k = 0.0, 0.0, 0, 0
         self._cmd_prev = 0.0  # uA the plant was told on the previous tick (0 if disabled)
         self._cmd_prev2 = 0.0
+        self._t_cmd_change = -1.0  # when the command last changed sign or size, and from what
+        self._cmd_old_abs = 0.0
         self._code0_prev = -1
         self._n = {k: 0 for k in ("oc", "follow", "lift", "zlo", "zhi", "ref", "rail", "froz")}
         self._n_resid_count = 0
         self.q_abs_uc = 0.0
         self.q_net_uc = 0.0
+        self._q_closed_uc = 0.0  # net charge at the end of the last whole pair
         self.peak_ua = 0.0
         self.active_s = 0.0
         self._meas_acc = 0.0
@@ -178,6 +184,10 @@ class ControlLoop:
         self.measured_ua = 0.0
         self.impedance_ohm: float | None = None
         self._z_ema: float | None = None
+        self._zbuf = [0.0] * 16
+        self._zk = 0
+        self._zn = 0
+        self._zsum = 0.0
         self.contact = True
         self.lease_deadline: float | None = None
         self.max_output_s = self.cfg.limits.max_output_s
@@ -388,6 +398,8 @@ class ControlLoop:
         self.amplitude_ua = 0.0
         self._cmd_prev = self._cmd_prev2 = 0.0
         self._code0_prev = -1
+        for k in self._n:
+            self._n[k] = 0
         self._event("output_off", reason=why)
 
     def _to_code(self, ua: float) -> int:
@@ -445,6 +457,8 @@ class ControlLoop:
         self.target_ua = 0.0
         self._cmd_prev = self._cmd_prev2 = 0.0
         self._code0_prev = -1
+        for k in self._n:
+            self._n[k] = 0
         self.lease_deadline = None
         self._publish(self.clock.now())
 
@@ -563,8 +577,15 @@ class ControlLoop:
         if state == OutputState.LIFTED:
             return self._lifted_tick(now, i, v)
 
-        allowed = aprev + max(aprev * self._tol_pct, self._tol_ua)
-        if ai > allowed or (prev * i < 0 and ai > self._tol_ua):
+        # Just after a command change the stage is still settling: the current may be anywhere
+        # between the old and the new command (late ticks caught up back to back sample early).
+        # An over-current is above both.
+        env = aprev
+        settling = now - self._t_cmd_change < SETTLE_S
+        if settling and self._cmd_old_abs > env:
+            env = self._cmd_old_abs
+        allowed = env + max(env * self._tol_pct, self._tol_ua)
+        if ai > allowed or (prev * i < 0 and ai > self._tol_ua and not settling):
             n["oc"] += 1
             if n["oc"] >= self._n_oc:
                 g.trip(
@@ -600,16 +621,26 @@ class ControlLoop:
         )
         if settled and prev * i > 0 and av < self._v_comp:
             z = v / i * 1e6
-            if z < self._z_min:
-                n["zlo"] += 1
-                if n["zlo"] >= self._n_z:
-                    g.trip(Fault.IMPEDANCE_LOW, f"{z:.0f} ohm")
-                    return False
-            else:
-                n["zlo"] = 0
             ze = self._z_ema
             self._z_ema = z if ze is None else ze + 0.05 * (z - ze)
             self.impedance_ohm = self._z_ema
+            # Electrodes touching: judged on the mean of the last 16 settled samples. At 100 uA
+            # a 150 ohm short is 15 mV, about one code of the electrode-voltage channel, so
+            # single samples are mostly noise; 16 of them average it 4x and forget in 8 ms.
+            zb = self._zbuf
+            k = self._zk
+            self._zsum += z - zb[k]
+            zb[k] = z
+            self._zk = (k + 1) & 15
+            if self._zn < 16:
+                self._zn += 1
+            elif self._zsum < 16.0 * self._z_min:
+                n["zlo"] += 1
+                if n["zlo"] >= self._n_zlo:
+                    g.trip(Fault.IMPEDANCE_LOW, f"{self._zsum / 16:.0f} ohm (mean of 16)")
+                    return False
+            else:
+                n["zlo"] = 0
         if aprev >= self._follow_min and (
             av >= self._v_comp
             or (self.impedance_ohm is not None and self.impedance_ohm > self._z_max)
@@ -633,6 +664,14 @@ class ControlLoop:
         # -- next command
         return self._drive(now)
 
+    def _note_command(self, now: float, cmd: float) -> None:
+        old = self._cmd_prev
+        d = cmd - old
+        if d > 1.0 or d < -1.0:
+            self._t_cmd_change = now
+            self._cmd_old_abs = old if old >= 0 else -old
+        self._cmd_prev2, self._cmd_prev = old, cmd
+
     def _drive(self, now: float) -> bool:
         dt = self.tick_s
         state = self.state
@@ -650,8 +689,9 @@ class ControlLoop:
         out, pair_end = wave.step(amp)
         if out:
             s = 1.0 if out > 0 else -1.0
-            # Drain any net charge (a lift mid-pair, a ramp-down) slowly and within 5 %.
-            trim = -self.q_net_uc / 2.0
+            # Drain the net charge of closed pairs (a lift mid-pair, a ramp-down) slowly and within
+            # 5 %; the charge of the pair still open is not an error and is not trimmed.
+            trim = -self._q_closed_uc / 2.0
             lim = 0.05 * amp
             trim = lim if trim > lim else -lim if trim < -lim else trim
             cmd = out + trim
@@ -664,7 +704,9 @@ class ControlLoop:
             if self.guard.tripped:  # a trip from another thread won the race: stay at zero
                 return False
             b.dac.write_a(code)
-        self._cmd_prev2, self._cmd_prev = self._cmd_prev, cmd
+        self._note_command(now, cmd)
+        if pair_end:
+            self._q_closed_uc = self.q_net_uc
         if pair_end and self._pending_wave is not None:
             self.wave = Waveform(self._pending_wave, self.tick_s)
             self.wave.first = wave.first
@@ -676,7 +718,6 @@ class ControlLoop:
         k, n = self._stop_k, self._stop_n
         if k >= n:
             self._output_off("stopped")
-            self._cmd_prev2, self._cmd_prev = self._cmd_prev, 0.0
             return True
         amp = self._stop_a0 * (1.0 - k / n)
         self._stop_k = k + 1
@@ -689,7 +730,7 @@ class ControlLoop:
             if self.guard.tripped:
                 return False
             b.dac.write_a(code)
-        self._cmd_prev2, self._cmd_prev = self._cmd_prev, cmd
+        self._note_command(self.clock.now(), cmd)
         return True
 
     # ------------------------------------------------------------------ contact loss
@@ -723,7 +764,7 @@ class ControlLoop:
             self._enable_output()
             with b.bus_lock:
                 b.dac.write_a(self._to_code(self._probe_sign * self._probe_ua))
-            self._cmd_prev = self._probe_sign * self._probe_ua
+            self._note_command(now, self._probe_sign * self._probe_ua)
             return True
         # Inside a burst: the probe is output like any other; it must not exceed its command.
         prev = self._cmd_prev
@@ -753,7 +794,7 @@ class ControlLoop:
         b.lines.output_enable.off()
         with b.bus_lock:
             b.dac.write_a(self._to_code(0.0))
-        self._cmd_prev = 0.0
+        self._note_command(now, 0.0)
         self._next_probe = now + self._probe_interval_s
         if self._probe_good and not self._probe_bad:
             if self._good_since is None:

@@ -15,6 +15,7 @@ balances it.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -82,7 +83,7 @@ class Waveform:
         open_q = self.q1 - self.q2
         if open_q <= 0.0 or amplitude_ua <= 0.0:
             return 0.0, 0.0, 0
-        n = max(min_ticks, round(2.0 * open_q / amplitude_ua))
+        n = max(min_ticks, math.ceil(2.0 * open_q / amplitude_ua - 1e-9))
         return -self.first, 2.0 * open_q / n, n
 
     @property
