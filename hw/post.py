@@ -67,6 +67,16 @@ def _rearm(loop: ControlLoop) -> Iterator[float]:
     yield 0.0005
 
 
+def _restore_and_rearm(loop: ControlLoop, after: str) -> Iterator[float]:
+    """DAC A to zero, the comparator threshold back to its limit, re-arm: the latch must clear."""
+    _set_dac(loop, loop.cfg.hardware.front_end.dac_zero_code)
+    _set_threshold(loop, loop.cfg.limits.hw_overcurrent_ua)
+    yield from _kick_for(loop, 0.001)
+    yield from _rearm(loop)
+    if loop.board.lines.latch_pin.state:
+        raise PostFailure(f"the hardware latch does not re-arm after {after}")
+
+
 def _kick_for(loop: ControlLoop, seconds: float) -> Iterator[float]:
     """Keep the dead-man alive for ``seconds`` (one toggle per tick)."""
     ticks = max(1, round(seconds / loop.tick_s))
@@ -166,12 +176,7 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
             raise PostFailure("the hardware latch did not trip above its threshold")
         if abs(i_after) > post.zero_tolerance_ua:
             raise PostFailure(f"the latch tripped but {i_after:.1f} uA still flows")
-        _set_dac(loop, fe.dac_zero_code)
-        _set_threshold(loop, cfg.limits.hw_overcurrent_ua)
-        yield from _kick_for(loop, 0.001)
-        yield from _rearm(loop)
-        if lines.latch_pin.state:
-            raise PostFailure("the hardware latch does not re-arm after a trip")
+        yield from _restore_and_rearm(loop, "a trip")
         note("latch_trip", current_after_ua=i_after)
 
         step = "deadman"
@@ -203,12 +208,7 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
                 f"the DAC /SHDN line did not cut the current ({flowing:.1f} -> {after:.1f} uA)"
             )
         # Channel B shut down with /SHDN: the comparator latch tripped; restore and re-arm.
-        _set_dac(loop, fe.dac_zero_code)
-        _set_threshold(loop, cfg.limits.hw_overcurrent_ua)
-        yield from _kick_for(loop, 0.001)
-        yield from _rearm(loop)
-        if lines.latch_pin.state:
-            raise PostFailure("the hardware latch does not re-arm after the /SHDN test")
+        yield from _restore_and_rearm(loop, "the /SHDN test")
         _set_dac(loop, loop._to_code(post.check_current_ua))
         note("dac_shutdown", before_ua=flowing, after_ua=after)
 

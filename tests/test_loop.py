@@ -16,18 +16,11 @@ SPEC = WaveformSpec(50.0, 10.0)
 
 
 def leased(rig, seconds: float) -> None:
-    for _ in range(max(1, round(seconds / rig.tick_s))):
-        rig.loop.renew_lease()
-        rig.step()
+    rig.run_leased(seconds)
 
 
 def leased_until(rig, pred, timeout_s: float) -> bool:
-    for _ in range(max(1, round(timeout_s / rig.tick_s))):
-        rig.loop.renew_lease()
-        rig.step()
-        if pred():
-            return True
-    return False
+    return rig.run_leased_until(pred, timeout_s)
 
 
 def set_load(rig, load) -> None:

@@ -65,19 +65,11 @@ def test_every_simulated_fault_is_covered_here():
 
 
 def run_leased(rig, seconds: float) -> None:
-    """Run tick by tick, renewing the lease every tick (a perfectly live kiosk)."""
-    for _ in range(max(1, round(seconds / rig.tick_s))):
-        rig.loop.renew_lease()
-        rig.step()
+    rig.run_leased(seconds)
 
 
 def run_leased_until(rig, pred, timeout_s: float) -> bool:
-    for _ in range(max(1, round(timeout_s / rig.tick_s))):
-        rig.loop.renew_lease()
-        rig.step()
-        if pred():
-            return True
-    return False
+    return rig.run_leased_until(pred, timeout_s)
 
 
 def cut_latency_ms(rig, t_inj: float) -> float:

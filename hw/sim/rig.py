@@ -71,6 +71,20 @@ class SimRig:
                 if self.run_until(lambda: self.loop.state != OutputState.RAMP_UP, 0.1):
                     break
 
+    def run_leased(self, seconds: float) -> None:
+        """Run tick by tick, renewing the lease every tick (a perfectly live kiosk)."""
+        for _ in range(max(1, round(seconds / self.tick_s))):
+            self.loop.renew_lease()
+            self.step()
+
+    def run_leased_until(self, predicate, timeout_s: float) -> bool:
+        for _ in range(max(1, round(timeout_s / self.tick_s))):
+            self.loop.renew_lease()
+            self.step()
+            if predicate():
+                return True
+        return False
+
     def keep_lease(self, seconds: float) -> None:
         """Run while renewing the lease every 100 ms, as a live kiosk does."""
         end = self.clock.now() + seconds
