@@ -25,6 +25,7 @@ import ctypes
 import gc
 import math
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -704,7 +705,9 @@ class ControlLoop:
             if self.guard.tripped:  # a trip from another thread won the race: stay at zero
                 return False
             b.dac.write_a(code)
-        self._note_command(now, cmd)
+        # The settling window starts when the DAC really changed, not when the tick began (a
+        # thread descheduled mid-tick writes late).
+        self._note_command(self.clock.now(), cmd)
         if pair_end:
             self._q_closed_uc = self.q_net_uc
         if pair_end and self._pending_wave is not None:
@@ -764,7 +767,7 @@ class ControlLoop:
             self._enable_output()
             with b.bus_lock:
                 b.dac.write_a(self._to_code(self._probe_sign * self._probe_ua))
-            self._note_command(now, self._probe_sign * self._probe_ua)
+            self._note_command(self.clock.now(), self._probe_sign * self._probe_ua)
             return True
         # Inside a burst: the probe is output like any other; it must not exceed its command.
         prev = self._cmd_prev
@@ -794,7 +797,7 @@ class ControlLoop:
         b.lines.output_enable.off()
         with b.bus_lock:
             b.dac.write_a(self._to_code(0.0))
-        self._note_command(now, 0.0)
+        self._note_command(self.clock.now(), 0.0)
         self._next_probe = now + self._probe_interval_s
         if self._probe_good and not self._probe_bad:
             if self._good_since is None:
@@ -924,6 +927,9 @@ class LoopRunner:
         # full collection never has to walk it while the loop waits for the GIL.
         gc.collect()
         gc.freeze()
+        # The loop waits for the GIL whenever another thread holds it; by default a holder keeps
+        # it up to 5 ms. 0.5 ms bounds that wait to one tick (a measured cost: see hw.bench).
+        sys.setswitchinterval(0.0005)
         self._thread = threading.Thread(target=self._run, name="current-loop", daemon=True)
         self._thread.start()
         self.started.wait(2.0)
