@@ -187,18 +187,24 @@ def test_bad_config_exits_2_naming_file_and_key_without_a_socket(tmp_path):
     assert "READY" not in out
 
 
-# --------------------------------------------------------------------------- several clients
-def test_observers_get_status_while_one_controller_holds_the_lease(tmp_path):
-    retry_on_host_timing(tmp_path, _observers_and_one_controller)
-
-
-def _observers_and_one_controller(daemons):
+def _running_with_lease_keeper(daemons):
+    """A ready daemon with the kiosk running a treatment and renewing its lease."""
     d = daemons.start()
     expect_ready(d)
     kiosk = d.client("kiosk")
     start_treatment(kiosk)
     keeper = LeaseKeeper(kiosk)
     keeper.start()
+    return d, kiosk, keeper
+
+
+# --------------------------------------------------------------------------- several clients
+def test_observers_get_status_while_one_controller_holds_the_lease(tmp_path):
+    retry_on_host_timing(tmp_path, _observers_and_one_controller)
+
+
+def _observers_and_one_controller(daemons):
+    d, kiosk, keeper = _running_with_lease_keeper(daemons)
     try:
         observers = [d.client(f"observer{i}", status=True) for i in range(3)]
         counts: dict[int, int] = {}
@@ -249,12 +255,7 @@ def test_a_client_that_never_reads_does_not_slow_the_others(tmp_path):
 
 
 def _slow_client(daemons):
-    d = daemons.start()
-    expect_ready(d)
-    kiosk = d.client("kiosk")
-    start_treatment(kiosk)
-    keeper = LeaseKeeper(kiosk)
-    keeper.start()
+    d, kiosk, keeper = _running_with_lease_keeper(daemons)
     watcher = d.client("watcher", status=True)
     asker = d.client("asker")
     try:
