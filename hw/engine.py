@@ -491,7 +491,7 @@ class Engine:
         fault = guard.fault
         out = {
             "state": str(self.state),
-            "output": str(snap.state) if snap else "off",
+            "output": str(self.loop.state),  # live, not the snapshot (which lags up to 5 ms)
             "program": tr.program.id if tr else None,
             "program_name": tr.program.name if tr else None,
             "step": tr.step_index if tr else None,

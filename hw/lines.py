@@ -11,7 +11,7 @@ device properties add locking and value mapping that cost microseconds the loop 
 
 from __future__ import annotations
 
-from gpiozero import Button, DigitalInputDevice, DigitalOutputDevice
+from gpiozero import DigitalInputDevice, DigitalOutputDevice
 
 from hw.config import Pins
 
@@ -48,8 +48,9 @@ class Lines:
             self.latch_status = self._add(
                 DigitalInputDevice(pins.latch_status, pull_up=False, pin_factory=f)
             )
-            # The e-stop switches to ground against a pull-up: a broken wire reads "pressed".
-            self.estop = self._add(Button(pins.estop, pull_up=True, pin_factory=f))
+            # The e-stop is a normally-closed contact to ground against a pull-up: released holds
+            # the line low; pressed OR a broken wire lets it rise. High means stop.
+            self.estop = self._add(DigitalInputDevice(pins.estop, pull_up=True, pin_factory=f))
             self.charger = self._add(DigitalInputDevice(pins.charger, pull_up=False, pin_factory=f))
         except Exception:
             self.close()
@@ -65,7 +66,7 @@ class Lines:
         return device
 
     def estop_pressed(self) -> bool:
-        return not self.estop_pin.state  # pulled up; pressed pulls to ground
+        return bool(self.estop_pin.state)  # open contact (pressed or broken wire) reads high
 
     def all_outputs_low(self) -> None:
         for d in self._devices:

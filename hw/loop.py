@@ -156,6 +156,7 @@ class ControlLoop:
         self._post: Iterator[float] | None = None
         self._post_wait_until = 0.0
         self.post_result: dict | None = None
+        self.residual_ua = 0.0  # current measured while tripped
         self.snapshot: Snapshot | None = None
         self.guard.listeners.append(self._on_trip)
         self._reset_treatment()
@@ -294,7 +295,7 @@ class ControlLoop:
         """Normal stop: ramp down over ``ramp_down_s``, then output off."""
 
         def apply() -> None:
-            if self.state in DRIVING:
+            if self.state in (OutputState.RAMP_UP, OutputState.ON):  # not again mid ramp-down
                 self.state = OutputState.RAMP_DOWN
                 min_ticks = max(1, round(self.cfg.limits.ramp_down_s / self.tick_s))
                 sign, a0, n = self.wave.stop_ramp(self.amplitude_ua, min_ticks)
@@ -469,9 +470,14 @@ class ControlLoop:
         lines = b.lines
         state = self.state
         if g.tripped:
+            # Keep sampling: the watchdog needs a live ADC, and the cut is seen to hold.
+            with b.bus_lock:
+                code = b.adc.read(self._ch_i)
+            self.last_adc_s = now
+            self.residual_ua = (code - self._adc_zero - self.adc_offset_codes) * self._adc_ua
             return False
         # -- inputs that matter in every state
-        if not lines.estop_pin.state:
+        if lines.estop_pin.state:  # normally-closed: high = pressed or wire broken
             g.trip(Fault.ESTOP, "e-stop button")
             return False
         active = state in ACTIVE
@@ -739,6 +745,10 @@ class ControlLoop:
     # ------------------------------------------------------------------ contact loss
     def _lift(self, now: float, why: str) -> None:
         """Contact lost: cut now (enable low, DAC zero), pause, and start looking for skin."""
+        if self.state == OutputState.RAMP_DOWN:
+            # Stopping anyway: contact lost just ends the stop. Never resume toward the old level.
+            self._output_off("stopped (contact lost)")
+            return
         b = self.board
         b.lines.output_enable.off()
         with b.bus_lock:
@@ -829,6 +839,7 @@ class ControlLoop:
                 self.state = OutputState.OFF
             return True
         self._post_wait_until = now + wait
+        self.last_adc_s = now  # the self-test reads the ADC itself
         return True
 
     def kick_once(self) -> None:
@@ -1003,7 +1014,7 @@ class Supervisor:
         loop = self.loop
         return (
             now - loop.last_tick_s <= self.stall_s
-            and now - loop.last_adc_s <= max(self.adc_stale_s, self.stall_s)
+            and now - loop.last_adc_s <= self.adc_stale_s
             and now - self.last_check_s <= 10 * self.period_s
         )
 

@@ -139,7 +139,8 @@ FAULT_TEXT: dict[Fault, tuple[str, str]] = {
     ),
 }
 
-# After these the hardware path itself is in doubt: a new self-test must pass before any output.
+# Faults after which the hardware path itself is in doubt (the tests report them as such). Every
+# trip needs a new self-test anyway, since it also trips the hardware latch (see trip()).
 NEEDS_POST = frozenset(
     {
         Fault.OVERCURRENT,

@@ -49,18 +49,19 @@ def test_enable_is_low_from_construction_on_the_sim_board(rig):
     assert not rig.sim.enable_high
 
 
-def test_estop_input_is_pulled_up(pins):
+def test_estop_is_normally_closed_and_a_broken_wire_means_stop(pins):
     factory = MockFactory()
     lines = Lines(pins, pin_factory=factory)
     try:
         pin = lines.estop_pin
         assert pin.pull == "up"
-        assert pin.state is True  # released = high
-        assert not lines.estop_pressed()
-        pin.drive_low()
+        # Nothing holds the line low (wire broken or contact open): the pull-up reads "stop".
+        assert pin.state is True
         assert lines.estop_pressed()
-        pin.drive_high()
+        pin.drive_low()  # the closed contact of a released button
         assert not lines.estop_pressed()
+        pin.drive_high()  # pressed: the contact opens
+        assert lines.estop_pressed()
     finally:
         lines.close()
 

@@ -422,3 +422,56 @@ def test_simrig_is_deterministic():
             r.close()
 
     assert run_once() == run_once()
+
+
+# --------------------------------------------------------------------------------------------
+# regressions found in review
+# --------------------------------------------------------------------------------------------
+
+
+def test_a_latched_fault_keeps_the_watchdog_health_view_alive(running_rig):
+    """A fault must show on the screen, not make systemd restart the daemon: while latched the
+    loop keeps ticking and sampling, so Supervisor.healthy() stays true."""
+    rig = running_rig
+    rig.loop.estop()
+    rig.run(0.2)
+    assert rig.loop.state == OutputState.TRIPPED
+    assert rig.supervisor.healthy()
+    assert abs(rig.loop.residual_ua) < rig.cfg.hardware.post.zero_tolerance_ua
+
+
+def test_lift_off_during_a_stop_ends_it_and_never_resumes(rig):
+    # Long phases make a big balancing tail (up to the full amplitude) that lift-off can see.
+    assert rig.post()["passed"]
+    rig.loop.start(WaveformSpec(0.5, 500.0), 300.0)
+    assert rig.run_leased_until(lambda: rig.loop.state == OutputState.ON, 3.0)
+    assert rig.run_leased_until(lambda: rig.loop.wave.t == rig.loop.wave.phase_ticks - 1, 3.0)
+    rig.loop.stop()
+    rig.run_leased(0.05)
+    assert rig.loop.state == OutputState.RAMP_DOWN and rig.loop.amplitude_ua > 100
+    rig.sim.inject("lift_off")
+    assert rig.run_leased_until(lambda: rig.loop.state == OutputState.OFF, 0.05)
+    rig.sim.clear("lift_off")
+    peak = 0.0
+    for _ in range(round(1.5 / rig.tick_s)):
+        rig.loop.renew_lease()
+        rig.step()
+        peak = max(peak, abs(rig.sim.current_ua))
+    assert rig.loop.state == OutputState.OFF and not rig.sim.enable_high
+    assert peak < 1.0
+
+
+def test_a_second_stop_does_not_repeat_the_balancing_tail(rig):
+    assert rig.post()["passed"]
+    rig.loop.start(WaveformSpec(0.5, 500.0), 300.0)
+    assert rig.run_leased_until(lambda: rig.loop.state == OutputState.ON, 3.0)
+    assert rig.run_leased_until(lambda: rig.loop.wave.t == rig.loop.wave.phase_ticks // 2, 3.0)
+    q0 = rig.sim.plant.q_net_uc
+    rig.loop.stop()
+    rig.run_leased(0.1)
+    rig.loop.stop()  # pressed again mid ramp-down
+    assert rig.run_leased_until(lambda: rig.loop.state == OutputState.OFF, 3.0)
+    open_phase_uc = 300.0 * 0.25  # half a 500 ms phase at 300 uA
+    net = rig.sim.plant.q_net_uc - q0
+    # Balanced: what was open when stop came in (+/- half a phase) is closed again.
+    assert min(abs(net - open_phase_uc), abs(net + open_phase_uc)) < 0.05 * open_phase_uc

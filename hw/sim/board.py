@@ -232,7 +232,8 @@ class SimBoard:
             self._drive_input(self.pin_numbers.latch_status, self.plant.latched)
             self._drive_input(self.pin_numbers.charger, "charger" in self.active_faults)
             # The e-stop is pulled up: released = high.
-            self._drive_input(self.pin_numbers.estop, "estop" not in self.active_faults)
+            # Normally-closed e-stop: the closed contact holds the line low; pressed reads high.
+            self._drive_input(self.pin_numbers.estop, "estop" in self.active_faults)
 
     def _check_spi(self) -> None:
         if self.spi_error:
@@ -314,7 +315,7 @@ class SimBoard:
             elif fault == "open_circuit":
                 p.open_circuit = True
             elif fault == "estop":
-                self._drive_input(self.pin_numbers.estop, False)
+                self._drive_input(self.pin_numbers.estop, True)
             elif fault == "rail_low":
                 p.rail_v = p.fe.rail_nominal_v * 0.6
             elif fault == "adc_reference":
@@ -349,7 +350,7 @@ class SimBoard:
             elif fault == "open_circuit":
                 p.open_circuit = False
             elif fault == "estop":
-                self._drive_input(self.pin_numbers.estop, True)
+                self._drive_input(self.pin_numbers.estop, False)
             elif fault == "rail_low":
                 p.rail_v = p.fe.rail_nominal_v
             elif fault == "adc_reference":
