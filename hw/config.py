@@ -10,7 +10,6 @@ then refuses to drive any output. Nothing here is read at import time.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 from collections.abc import Iterator, Mapping
@@ -593,7 +592,3 @@ def load_config(
     if problems:
         raise ConfigError(problems)
     return cfg
-
-
-def is_finite(x: float) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)

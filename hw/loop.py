@@ -200,7 +200,6 @@ class ControlLoop:
         self._probe_good = 0
         self._probe_bad = 0
         self._good_since: float | None = None
-        self._v_last = 0.0
 
     # ------------------------------------------------------------------ commands (any thread)
     def _queue(self, fn: Callable[[], None]) -> None:
@@ -513,7 +512,6 @@ class ControlLoop:
         self.last_adc_s = now
         i = (c0 - self._adc_zero - self.adc_offset_codes) * self._adc_ua
         v = (c1 - 2048) * self._v_per
-        self._v_last = v
         n = self._n
 
         # -- checks that hold in every state
@@ -584,24 +582,8 @@ class ControlLoop:
         if state == OutputState.LIFTED:
             return self._lifted_tick(now, i, v)
 
-        # Just after a command change the stage is still settling: the current may be anywhere
-        # between the old and the new command (late ticks caught up back to back sample early).
-        # An over-current is above both.
-        env = aprev
-        settling = now - self._t_cmd_change < SETTLE_S
-        if settling and self._cmd_old_abs > env:
-            env = self._cmd_old_abs
-        allowed = env + max(env * self._tol_pct, self._tol_ua)
-        if ai > allowed or (prev * i < 0 and ai > self._tol_ua and not settling):
-            n["oc"] += 1
-            if n["oc"] >= self._n_oc:
-                g.trip(
-                    Fault.OVERCURRENT_SETPOINT,
-                    f"{i:.0f} uA measured for a {prev:.0f} uA command",
-                )
-                return False
-        else:
-            n["oc"] = 0
+        if self._over_setpoint(now, i, "command"):
+            return False
         av = v if v >= 0 else -v
         if aprev >= self._follow_min and ai < self._follow_ratio * aprev:
             if av >= self._v_comp:
@@ -670,6 +652,30 @@ class ControlLoop:
 
         # -- next command
         return self._drive(now)
+
+    def _over_setpoint(self, now: float, i: float, what: str) -> bool:
+        """Debounced check that the current stays within its last command; trips and returns
+        True when it does not. Just after a command change the stage is still settling: the
+        current may be anywhere between the old and the new command (late ticks caught up back to
+        back sample early). An over-current is above both."""
+        prev = self._cmd_prev
+        env = prev if prev >= 0 else -prev
+        ai = i if i >= 0 else -i
+        settling = now - self._t_cmd_change < SETTLE_S
+        if settling and self._cmd_old_abs > env:
+            env = self._cmd_old_abs
+        allowed = env + max(env * self._tol_pct, self._tol_ua)
+        n = self._n
+        if ai > allowed or (prev * i < 0 and ai > self._tol_ua and not settling):
+            n["oc"] += 1
+            if n["oc"] >= self._n_oc:
+                self.guard.trip(
+                    Fault.OVERCURRENT_SETPOINT, f"{i:.0f} uA measured for a {prev:.0f} uA {what}"
+                )
+                return True
+        else:
+            n["oc"] = 0
+        return False
 
     def _note_command(self, now: float, cmd: float) -> None:
         old = self._cmd_prev
@@ -780,19 +786,8 @@ class ControlLoop:
             self._note_command(self.clock.now(), self._probe_sign * self._probe_ua)
             return True
         # Inside a burst: the probe is output like any other; it must not exceed its command.
-        prev = self._cmd_prev
-        aprev, ai = abs(prev), abs(i)
-        if ai > aprev + max(aprev * self._tol_pct, self._tol_ua) or (
-            prev * i < 0 and ai > self._tol_ua
-        ):
-            self._n["oc"] += 1
-            if self._n["oc"] >= self._n_oc:
-                self.guard.trip(
-                    Fault.OVERCURRENT_SETPOINT, f"{i:.0f} uA measured for a {prev:.0f} uA probe"
-                )
-                return False
-        else:
-            self._n["oc"] = 0
+        if self._over_setpoint(now, i, "probe"):
+            return False
         # Judge the settled samples for contact.
         self._probe_left -= 1
         if self._probe_left < self._probe_ticks - 2:

@@ -89,7 +89,3 @@ class Waveform:
     @property
     def at_pair_start(self) -> bool:
         return self.t == 0
-
-    @property
-    def in_second_phase(self) -> bool:
-        return self.phase_ticks <= self.t < 2 * self.phase_ticks

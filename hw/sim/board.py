@@ -156,7 +156,6 @@ class SimBoard:
         self.led_on = False
         self.plant.on_relay_change = self._relay_changed
         self.plant.on_latch_change = self._latch_changed
-        self._latch_pin_level = True
         self.mirror = None  # hw.sim.mirror.Mirror, when other processes must see the pins
         self.plant.advance(clock.now())
 
