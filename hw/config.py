@@ -124,6 +124,8 @@ class Limits(_Strict):
     probe_current_ua: float = Field(gt=0, le=CEIL_PROBE_UA)
     probe_interval_ms: float = _rng(20, 1000)
     recontact_ms: float = _rng(50, 3000)
+    # Lifted longer than this, the output is cut and only an explicit resume brings it back.
+    lifted_max_s: float = _rng(1, 120)
 
 
 class Loop(_Strict):

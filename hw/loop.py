@@ -13,9 +13,17 @@ Every tick (default 2 kHz, 500 us) :meth:`ControlLoop.tick`:
 6. writes DAC A (every tick: an output that is not re-confirmed is not trusted),
 7. toggles the dead-man kick, only if the output is on and the whole tick succeeded.
 
-Lift-off (current falls while the electrode voltage hits compliance) is not a fault: the output is
-cut at once, the waveform and timers pause, short probe bursts look for the skin again, and after
-``recontact_ms`` of good contact the amplitude ramps up from zero. Everything that is a fault trips.
+Lift-off (current falls while the electrode voltage hits compliance) is not a fault: the current
+drops to zero at once (the DAC; the relay stays closed, as in a waveform's rest, so probing never
+cycles it), the waveform and timers pause, short probe bursts look for the skin again, and after
+``recontact_ms`` of good contact the charge the lift left unbalanced is returned (a gentle ramp of
+the opposite polarity, closed on the *measured* net charge) before the amplitude ramps up from
+zero. Lifted longer than ``lifted_max_s``, the output is cut (relay open) and stays off: only a new
+start (the engine's explicit resume) brings it back. Everything that is a fault trips.
+
+While the output drives, the DAC code carries a small alternating dither (+/- ``DITHER_CODES``,
+about 2 uA, charge-balanced tick by tick): a live current channel sees it in every sample, so a
+current channel frozen alone is caught within ``FROZEN_TICKS`` whatever the waveform.
 """
 
 from __future__ import annotations
@@ -36,6 +44,7 @@ from hw.board import Board
 from hw.bus import SpiFault
 from hw.clock import Clock
 from hw.config import Config
+from hw.post import post_sequence
 from hw.safety import Fault, Guard
 from hw.waveform import Waveform, WaveformSpec
 
@@ -47,13 +56,31 @@ class OutputState(StrEnum):
     ON = "on"
     RAMP_DOWN = "ramp_down"
     LIFTED = "lifted"
+    BALANCE = "balance"  # after re-contact: returning what a lift-off left unbalanced
     TRIPPED = "tripped"
 
 
 SETTLE_S = 0.0003  # the output stage settles well within this after a step (tau ~ 60 us)
+# A live current channel moves with a +/-4 code dither (~ +/-2 uA: 6 ADC codes peak to peak);
+# 20 identical conversions in a row (10 ms at 2 kHz) while driving is a frozen channel.
+DITHER_CODES = 4
+FROZEN_TICKS = 20
+BALANCE_EPS_UC = 0.5  # net charge small enough to call balanced (0.2 % of a 250 uC bound)
+RESIDUAL_MS = 5.0  # debounce of the residual-current check (off or tripped)
+RESHUTDOWN_MS = 100.0  # while tripped, the SPI shutdown of the DAC is re-issued this often
 
-ACTIVE = frozenset({OutputState.RAMP_UP, OutputState.ON, OutputState.RAMP_DOWN, OutputState.LIFTED})
-DRIVING = frozenset({OutputState.RAMP_UP, OutputState.ON, OutputState.RAMP_DOWN})
+ACTIVE = frozenset(
+    {
+        OutputState.RAMP_UP,
+        OutputState.ON,
+        OutputState.RAMP_DOWN,
+        OutputState.LIFTED,
+        OutputState.BALANCE,
+    }
+)
+DRIVING = frozenset(
+    {OutputState.RAMP_UP, OutputState.ON, OutputState.RAMP_DOWN, OutputState.BALANCE}
+)
 
 
 class CommandRefused(Exception):
@@ -79,6 +106,8 @@ class Snapshot:
     lease_left_ms: float | None
     post_valid: bool
     fault: dict | None
+    residual_ua: float  # |current| measured while the output is off or tripped
+    alarm: dict | None  # current flowing with the output off: take the electrodes off
     ticks: int
     overruns: int
 
@@ -125,7 +154,9 @@ class ControlLoop:
         self._n_zlo = max(2, self._n_z // 4)  # on the smoothed value, which already averages
         self._q_max = lim.max_net_charge_uc
         self._zero_tol = cfg.hardware.post.zero_tolerance_ua
-        self._n_resid = _ticks(5.0, ts)
+        self._n_resid = _ticks(RESIDUAL_MS, ts)
+        self._n_reshut = _ticks(RESHUTDOWN_MS, ts)
+        self._lifted_max_s = lim.lifted_max_s
         rail_tol = fe.rail_nominal_v * fe.rail_tolerance_pct / 100.0
         self._rail_lo = (fe.rail_nominal_v - rail_tol) / fe.rail_v_per_code
         self._rail_hi = (fe.rail_nominal_v + rail_tol) / fe.rail_v_per_code
@@ -156,14 +187,25 @@ class ControlLoop:
         self._post: Iterator[float] | None = None
         self._post_wait_until = 0.0
         self.post_result: dict | None = None
-        self.residual_ua = 0.0  # current measured while tripped
+        self.residual_ua = 0.0  # |current| measured while off or tripped
+        self._dither = DITHER_CODES
+        self._q_carry_uc = 0.0  # net charge left by output that ended unbalanced (a lift cut)
         self.snapshot: Snapshot | None = None
         self.guard.listeners.append(self._on_trip)
         self._reset_treatment()
         self._publish(clock.now())
 
     # ------------------------------------------------------------------ treatment bookkeeping
-    def _reset_treatment(self) -> None:
+    def _reset_treatment(self, *, resume: bool = False) -> None:
+        """Fresh command state. A resume keeps the treatment's accounting (charge, net charge,
+        output time, peak) so that what is still unbalanced is balanced before treatment goes on;
+        a new treatment also forgets the learned per-polarity gain."""
+        if not resume:
+            self.q_abs_uc = 0.0
+            self.q_net_uc = 0.0
+            self.peak_ua = 0.0
+            self.active_s = 0.0
+            self._g = {1.0: 1.0, -1.0: 1.0}
         self.wave: Waveform | None = None
         self._pending_wave: WaveformSpec | None = None
         self.target_ua = 0.0
@@ -176,11 +218,8 @@ class ControlLoop:
         self._code0_prev = -1
         self._n = {k: 0 for k in ("oc", "follow", "lift", "zlo", "zhi", "ref", "rail", "froz")}
         self._n_resid_count = 0
-        self.q_abs_uc = 0.0
-        self.q_net_uc = 0.0
-        self._q_closed_uc = 0.0  # net charge at the end of the last whole pair
-        self.peak_ua = 0.0
-        self.active_s = 0.0
+        self._q_closed_uc = self.q_net_uc  # net charge at the end of the last whole pair
+        self._bal_sign = 0.0
         self._meas_acc = 0.0
         self._meas_n = 0
         self.measured_ua = 0.0
@@ -200,18 +239,27 @@ class ControlLoop:
         self._probe_good = 0
         self._probe_bad = 0
         self._good_since: float | None = None
+        self._same_code = 0
+        self._cmd_dithered = False
 
     # ------------------------------------------------------------------ commands (any thread)
     def _queue(self, fn: Callable[[], None]) -> None:
         self._cmds.append(fn)
 
     def start(
-        self, spec: WaveformSpec, target_ua: float, *, max_output_s: float | None = None
+        self,
+        spec: WaveformSpec,
+        target_ua: float,
+        *,
+        max_output_s: float | None = None,
+        resume: bool = False,
     ) -> None:
         """Start output: ramp from zero to ``target_ua`` with the given waveform.
 
         Refused unless the self-test passed, nothing is latched, no charger is connected, the
         e-stop is released and the output is off. ``max_output_s`` can only lower the limit.
+        ``resume`` continues the same treatment (after a pause): its accounting is kept, and what
+        it left unbalanced (a lift-off cut mid-phase) is balanced before the ramp.
         """
         self._check_target(target_ua)
         Waveform(spec, self.tick_s)  # validates that the phases fit
@@ -228,16 +276,22 @@ class ControlLoop:
             if self.state != OutputState.OFF or self.start_blocker():
                 self._event("start_refused", reason=self.start_blocker() or str(self.state))
                 return
-            self._reset_treatment()
+            self.board.lines.test_load.off()
+            if not self.guard.enable():
+                self._event("start_refused", reason="a fault is latched")
+                return
+            self._reset_treatment(resume=resume)
             self.max_output_s = limit
             self.wave = Waveform(spec, self.tick_s)
             self.target_ua = float(target_ua)
             self.lease_deadline = self.clock.now() + self._lease_s
-            self.board.lines.test_load.off()
-            self._enable_output()
             self.board.lines.output_led.on()
-            self.state = OutputState.RAMP_UP
-            self._event("output_on", target_ua=self.target_ua)
+            self._q_carry_uc = 0.0
+            if resume and abs(self.q_net_uc) > BALANCE_EPS_UC:
+                self._begin_balance()
+            else:
+                self.state = OutputState.RAMP_UP
+            self._event("output_on", target_ua=self.target_ua, resume=resume)
 
         self._queue(apply)
 
@@ -273,7 +327,12 @@ class ControlLoop:
         self._check_target(target_ua)
 
         def apply() -> None:
-            if self.state in (OutputState.RAMP_UP, OutputState.ON, OutputState.LIFTED):
+            if self.state in (
+                OutputState.RAMP_UP,
+                OutputState.ON,
+                OutputState.LIFTED,
+                OutputState.BALANCE,
+            ):
                 self.target_ua = float(target_ua)
                 if self.state == OutputState.ON:
                     self.state = OutputState.RAMP_UP
@@ -299,7 +358,9 @@ class ControlLoop:
                 min_ticks = max(1, round(self.cfg.limits.ramp_down_s / self.tick_s))
                 sign, a0, n = self.wave.stop_ramp(self.amplitude_ua, min_ticks)
                 self._stop_sign, self._stop_a0, self._stop_n, self._stop_k = sign, a0, n, 0
-            elif self.state == OutputState.LIFTED:
+            elif self.state in (OutputState.LIFTED, OutputState.BALANCE):
+                # Lifted: nothing flows. Balancing: a slow ramp toward zero, ended early; what
+                # is left unbalanced stays in the record (net_charge_uc).
                 self._output_off("stopped")
 
         self._queue(apply)
@@ -326,8 +387,7 @@ class ControlLoop:
         def apply() -> None:
             if self.state != OutputState.OFF or self.guard.tripped:
                 return
-            from hw.post import post_sequence
-
+            self._g = {1.0: 1.0, -1.0: 1.0}  # a new calibration: learn the gain afresh
             self.state = OutputState.POST
             self.post_result = None
             self._post = post_sequence(self)
@@ -346,6 +406,7 @@ class ControlLoop:
         reason = self.guard.acknowledge(self._cause_present)
         if reason:
             raise CommandRefused(reason)
+        self._n_resid_count = 0
 
         def apply() -> None:
             if not self.guard.tripped and self.state == OutputState.TRIPPED:
@@ -356,6 +417,11 @@ class ControlLoop:
 
     def _cause_present(self) -> str | None:
         lines = self.board.lines
+        if self.residual_ua > self._zero_tol:
+            return (
+                f"{self.residual_ua:.0f} uA still flows with the output off: take the electrodes "
+                "off and contact service"
+            )
         if lines.estop_pressed():
             return "release the e-stop first"
         if lines.charger_pin.state:
@@ -379,22 +445,11 @@ class ControlLoop:
         # Called from whichever thread tripped; the loop sees the latch on its next tick.
         self._event("fault", **record.as_dict())
 
-    def _enable_output(self) -> None:
-        """Close the relay path. Re-checks the guard afterwards: a trip racing this from another
-        thread raised its flag before cutting, so one of the two always ends with enable low."""
-        lines = self.board.lines
-        lines.dac_shutdown.on()
-        lines.output_enable.on()
-        if self.guard.tripped:
-            lines.output_enable.off()
-            lines.dac_shutdown.off()
-
     def _output_off(self, why: str) -> None:
-        b = self.board
-        b.lines.output_enable.off()
-        with b.bus_lock:
-            b.dac.write_a(self._dac_zero)
-        b.lines.output_led.off()
+        """Every normal end of output (stop, lift-off timeout): the guard's one cut."""
+        self.guard.cut(self._to_code(0.0))
+        self._q_carry_uc = self.q_net_uc
+        self._cmd_dithered = False
         self.state = OutputState.OFF
         self.amplitude_ua = 0.0
         self._cmd_prev = self._cmd_prev2 = 0.0
@@ -437,21 +492,21 @@ class ControlLoop:
             healthy = False
         if self.guard.tripped and self.state != OutputState.TRIPPED:
             self._enter_tripped()
-        if (
-            healthy
-            and self.state in DRIVING
-            or (self.state == OutputState.LIFTED and healthy and self._probe_left > 0)
-        ):
+        # Lifted, the relay stays closed (the DAC holds zero, checked every tick like a rest).
+        if healthy and (self.state in DRIVING or self.state == OutputState.LIFTED):
             self._kick = not self._kick
             self.board.lines.kick_pin.state = self._kick
         if self.ticks % self.SNAPSHOT_EVERY == 0:
             self._publish(now)
 
     def _enter_tripped(self) -> None:
-        # Re-assert the cut from the loop's own thread (trip() may have run on another one).
+        # Re-assert the cut from the loop's own thread (trip() may have run on another one, and
+        # may have had to write the SPI shutdown without the bus lock, or failed to).
         lines = self.board.lines
         lines.output_enable.off()
         lines.dac_shutdown.off()
+        self._reshutdown()
+        self._n_resid_count = 0
         self.state = OutputState.TRIPPED
         self._post = None
         self.amplitude_ua = 0.0
@@ -463,17 +518,46 @@ class ControlLoop:
         self.lease_deadline = None
         self._publish(self.clock.now())
 
+    def _reshutdown(self) -> None:
+        b = self.board
+        try:
+            with b.bus_lock:
+                b.dac.shutdown(b.zero_code)
+        except Exception:  # noqa: BLE001 - enable and /SHDN are already low; try again later
+            self.guard.safe_state_errors += 1
+
+    def _check_residual(self, i: float, where: str) -> bool:
+        """Current with the output off: nothing may flow. Raises the alarm; True if raised."""
+        ai = i if i >= 0 else -i
+        self.residual_ua = ai
+        if ai > self._zero_tol:
+            self._n_resid_count += 1
+            if self._n_resid_count >= self._n_resid:
+                if self.guard.alarm is None:
+                    self.guard.raise_alarm(
+                        Fault.RESIDUAL_CURRENT, f"{i:.1f} uA with the output {where}"
+                    )
+                return True
+        else:
+            self._n_resid_count = 0
+        return False
+
     def _tick(self, now: float, gap: float) -> bool:
         g = self.guard
         b = self.board
         lines = b.lines
         state = self.state
         if g.tripped:
-            # Keep sampling: the watchdog needs a live ADC, and the cut is seen to hold.
+            # Keep sampling: the watchdog needs a live ADC, and the cut is seen to hold: current
+            # that still flows (a welded relay and a runaway stage) raises the residual alarm.
             with b.bus_lock:
                 code = b.adc.read(self._ch_i)
             self.last_adc_s = now
-            self.residual_ua = (code - self._adc_zero - self.adc_offset_codes) * self._adc_ua
+            self._check_residual(
+                (code - self._adc_zero - self.adc_offset_codes) * self._adc_ua, "tripped"
+            )
+            if self.ticks % self._n_reshut == 0:
+                self._reshutdown()
             return False
         # -- inputs that matter in every state
         if lines.estop_pin.state:  # normally-closed: high = pressed or wire broken
@@ -548,21 +632,26 @@ class ControlLoop:
                 if n["froz"] >= 2:
                     g.trip(Fault.ADC_STUCK, f"code {c0} unchanged while the command moved")
                     return False
-        else:
-            n["froz"] = 0
-        self._code0_prev = c0
-
-        if not active or (state == OutputState.LIFTED and self._probe_left == 0):
-            # Output disabled: nothing may flow.
-            if ai > self._zero_tol and not lines.enable_pin.state:
-                self._n_resid_count += 1
-                if self._n_resid_count >= self._n_resid:
-                    g.trip(Fault.RESIDUAL_CURRENT, f"{i:.1f} uA with the output off")
+            # While driving, the dither moves a live channel every tick (see DITHER_CODES).
+            if state in DRIVING and self._cmd_dithered:
+                self._same_code += 1
+                if self._same_code >= FROZEN_TICKS:
+                    g.trip(
+                        Fault.ADC_STUCK,
+                        f"current channel code {c0} unchanged for {self._same_code} samples",
+                    )
                     return False
             else:
-                self._n_resid_count = 0
-            if state == OutputState.LIFTED:
-                return self._lifted_tick(now, i, v)
+                self._same_code = 0
+        else:
+            n["froz"] = 0
+            self._same_code = 0
+        self._code0_prev = c0
+
+        if not active:
+            # Output off: nothing may flow.
+            if not lines.enable_pin.state and self._check_residual(i, "off"):
+                return False
             return True
 
         # -- output on: dose accounting and the checks against the previous command
@@ -685,12 +774,35 @@ class ControlLoop:
             self._cmd_old_abs = old if old >= 0 else -old
         self._cmd_prev2, self._cmd_prev = old, cmd
 
+    def _write(self, cmd_ua: float, dither: bool) -> bool:
+        """Write DAC A for ``cmd_ua`` (true uA, through the calibration and learned gain), with the
+        tick's dither when driving. False when a trip from another thread won the race."""
+        if cmd_ua:
+            code = self._to_code(cmd_ua * self._g[1.0 if cmd_ua > 0 else -1.0])
+        else:
+            code = self._to_code(0.0)
+        if dither:
+            self._dither = -self._dither
+            code += self._dither
+        b = self.board
+        with b.bus_lock:
+            if self.guard.tripped:  # stay at zero
+                return False
+            b.dac.write_a(code)
+        self._cmd_dithered = dither
+        # The settling window starts when the DAC really changed, not when the tick began (a
+        # thread descheduled mid-tick writes late).
+        self._note_command(self.clock.now(), cmd_ua)
+        return True
+
     def _drive(self, now: float) -> bool:
         dt = self.tick_s
         state = self.state
         amp, target = self.amplitude_ua, self.target_ua
         if state == OutputState.RAMP_DOWN:
             return self._drive_stop()
+        if state == OutputState.BALANCE:
+            return self._drive_balance()
         if amp < target:
             amp = min(target, amp + self._slew_up * dt)
         elif amp > target:
@@ -701,25 +813,16 @@ class ControlLoop:
         wave = self.wave
         out, pair_end = wave.step(amp)
         if out:
-            s = 1.0 if out > 0 else -1.0
-            # Drain the net charge of closed pairs (a lift mid-pair, a ramp-down) slowly and within
+            # Drain the net charge of closed pairs (a ramp-down, stage offset) slowly and within
             # 5 %; the charge of the pair still open is not an error and is not trimmed.
             trim = -self._q_closed_uc / 2.0
             lim = 0.05 * amp
             trim = lim if trim > lim else -lim if trim < -lim else trim
             cmd = out + trim
-            code = self._to_code(cmd * self._g[s])
         else:
             cmd = 0.0
-            code = self._to_code(0.0)
-        b = self.board
-        with b.bus_lock:
-            if self.guard.tripped:  # a trip from another thread won the race: stay at zero
-                return False
-            b.dac.write_a(code)
-        # The settling window starts when the DAC really changed, not when the tick began (a
-        # thread descheduled mid-tick writes late).
-        self._note_command(self.clock.now(), cmd)
+        if not self._write(cmd, True):
+            return False
         if pair_end:
             self._q_closed_uc = self.q_net_uc
         if pair_end and self._pending_wave is not None:
@@ -737,32 +840,59 @@ class ControlLoop:
         amp = self._stop_a0 * (1.0 - k / n)
         self._stop_k = k + 1
         self.amplitude_ua = amp
-        s = self._stop_sign
-        cmd = s * amp
-        code = self._to_code(cmd * self._g[s]) if amp else self._to_code(0.0)
-        b = self.board
-        with b.bus_lock:
-            if self.guard.tripped:
-                return False
-            b.dac.write_a(code)
-        self._note_command(self.clock.now(), cmd)
-        return True
+        return self._write(self._stop_sign * amp if amp else 0.0, True)
+
+    # ------------------------------------------------------------------ charge balance
+    def _begin_balance(self) -> None:
+        """Return the net charge a lift-off left (measured, not assumed) before treating on."""
+        self.state = OutputState.BALANCE
+        self._bal_sign = -1.0 if self.q_net_uc > 0 else 1.0
+        self.amplitude_ua = 0.0
+        self._event("balance", net_charge_uc=round(self.q_net_uc, 2))
+
+    def _drive_balance(self) -> bool:
+        """A ramp of one polarity, up at the start ramp's slew rate and down so that it ends as the
+        measured net charge reaches zero (a triangle, or a trapezoid capped at the target)."""
+        dt = self.tick_s
+        s = self._bal_sign
+        left_uc = -s * self.q_net_uc  # what is still to return, in the ramp's own polarity
+        amp = self.amplitude_ua
+        slew = self._slew_up
+        if left_uc <= BALANCE_EPS_UC:
+            return self._end_balance()
+        # Charge a ramp down from amp carries: amp^2 / (2 slew); ramp up while it is not enough.
+        cap = max(self._follow_min, min(self.target_ua, self.cfg.limits.level_max_ua))
+        if amp * amp / (2.0 * slew) < left_uc and amp < cap:
+            amp = min(cap, amp + slew * dt)
+        elif amp * amp / (2.0 * slew) >= left_uc:
+            amp = max(0.0, amp - slew * dt)
+        if amp <= 0.0:
+            return self._end_balance()
+        self.amplitude_ua = amp
+        return self._write(s * amp, True)
+
+    def _end_balance(self) -> bool:
+        self.amplitude_ua = 0.0
+        self._q_closed_uc = self.q_net_uc
+        self.wave.restart()
+        self.state = OutputState.RAMP_UP
+        self._event("balanced", net_charge_uc=round(self.q_net_uc, 2))
+        return self._write(0.0, True)
 
     # ------------------------------------------------------------------ contact loss
     def _lift(self, now: float, why: str) -> None:
-        """Contact lost: cut now (enable low, DAC zero), pause, and start looking for skin."""
+        """Contact lost: current to zero now (DAC; the relay stays closed, kicked, so probing
+        never cycles it), timers pause, and probe bursts look for skin."""
         if self.state == OutputState.RAMP_DOWN:
             # Stopping anyway: contact lost just ends the stop. Never resume toward the old level.
             self._output_off("stopped (contact lost)")
             return
-        b = self.board
-        b.lines.output_enable.off()
-        with b.bus_lock:
-            b.dac.write_a(self._to_code(0.0))
+        self._write(0.0, False)
         self.state = OutputState.LIFTED
         self.contact = False
         self.amplitude_ua = 0.0
-        self._cmd_prev = self._cmd_prev2 = 0.0
+        self.wave.restart()  # the open pair's charge is in q_net: balanced at re-contact
+        self._pending_wave_apply()
         self._lifted_since = now
         self._next_probe = now + self._probe_interval_s
         self._probe_left = 0
@@ -771,23 +901,29 @@ class ControlLoop:
             self._n[k] = 0
         self._event("contact_lost", reason=why)
 
+    def _pending_wave_apply(self) -> None:
+        if self._pending_wave is not None:
+            first = self.wave.first
+            self.wave = Waveform(self._pending_wave, self.tick_s)
+            self.wave.first = first
+            self._pending_wave = None
+
     def _lifted_tick(self, now: float, i: float, v: float) -> bool:
-        b = self.board
+        # The relay is closed: the DAC's zero (and each probe) is checked like any command.
+        if self._over_setpoint(now, i, "probe" if self._probe_left else "zero while lifted"):
+            return False
         if self._probe_left == 0:
-            if now < self._next_probe:
+            if now - self._lifted_since >= self._lifted_max_s:
+                self._output_off("contact lost for too long")
+                self._event("lift_timeout", lifted_s=round(now - self._lifted_since, 3))
                 return True
+            if now < self._next_probe:
+                return self._write(0.0, False)
             # Start a probe burst: a small current, alternating polarity burst to burst.
             self._probe_left = self._probe_ticks
             self._probe_good = self._probe_bad = 0
             self._probe_sign = -self._probe_sign
-            self._enable_output()
-            with b.bus_lock:
-                b.dac.write_a(self._to_code(self._probe_sign * self._probe_ua))
-            self._note_command(self.clock.now(), self._probe_sign * self._probe_ua)
-            return True
-        # Inside a burst: the probe is output like any other; it must not exceed its command.
-        if self._over_setpoint(now, i, "probe"):
-            return False
+            return self._write(self._probe_sign * self._probe_ua, False)
         # Judge the settled samples for contact.
         self._probe_left -= 1
         if self._probe_left < self._probe_ticks - 2:
@@ -797,12 +933,10 @@ class ControlLoop:
             else:
                 self._probe_bad += 1
         if self._probe_left > 0:
-            return True
-        # Burst over: output off again and decide.
-        b.lines.output_enable.off()
-        with b.bus_lock:
-            b.dac.write_a(self._to_code(0.0))
-        self._note_command(self.clock.now(), 0.0)
+            return self._write(self._probe_sign * self._probe_ua, False)
+        # Burst over: back to zero and decide.
+        if not self._write(0.0, False):
+            return False
         self._next_probe = now + self._probe_interval_s
         if self._probe_good and not self._probe_bad:
             if self._good_since is None:
@@ -814,13 +948,15 @@ class ControlLoop:
         return True
 
     def _resume(self, now: float) -> None:
-        """Skin found again: ramp from zero (no sting), timers run again."""
+        """Skin found again: return the unbalanced charge, then ramp from zero (no sting)."""
         self.contact = True
         self.amplitude_ua = 0.0
         self._z_ema = None
-        self._enable_output()
-        self.state = OutputState.RAMP_UP
         self._event("contact_restored", lifted_s=round(now - self._lifted_since, 3))
+        if abs(self.q_net_uc) > BALANCE_EPS_UC:
+            self._begin_balance()
+        else:
+            self.state = OutputState.RAMP_UP
 
     # ------------------------------------------------------------------ self-test
     def _post_tick(self, now: float) -> bool:
@@ -863,6 +999,7 @@ class ControlLoop:
             lo, hi = math.log(min(20000.0, self._z_max / 2)), math.log(self._z_max)
             quality = 100.0 * min(1.0, max(0.0, (hi - math.log(max(z, 1.0))) / (hi - lo)))
         fault = self.guard.fault
+        alarm = self.guard.alarm
         self.snapshot = Snapshot(
             t_s=now,
             state=self.state,
@@ -879,6 +1016,8 @@ class ControlLoop:
             lease_left_ms=lease_left,
             post_valid=self.guard.post_valid,
             fault=fault.as_dict() if fault else None,
+            residual_ua=self.residual_ua,
+            alarm=alarm.as_dict() if alarm else None,
             ticks=self.ticks,
             overruns=self.overruns,
         )

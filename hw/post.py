@@ -34,6 +34,12 @@ class PostFailure(Exception):
     pass
 
 
+def _enable(loop: ControlLoop, relay: bool = True) -> None:
+    """Every switch-on in the self-test goes through the guard's one guarded enable."""
+    if not loop.guard.enable(relay=relay):
+        raise PostFailure("a fault was latched during the self-test")
+
+
 def _mean_current(loop: ControlLoop, n: int) -> float:
     total = 0.0
     with loop.board.bus_lock:
@@ -93,7 +99,7 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
     lines = loop.board.lines
     result: dict = {"passed": False, "steps": []}
     loop.post_result = None
-    loop.guard.post_valid = False
+    epoch = loop.guard.begin_post()
     step = "start"
 
     def note(name: str, **figures) -> None:
@@ -102,7 +108,7 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
     try:
         lines.output_enable.off()
         lines.test_load.off()
-        lines.dac_shutdown.on()  # the DAC may drive (the relay is still open)
+        _enable(loop, relay=False)  # the DAC may drive (the relay is still open)
         _set_dac(loop, fe.dac_zero_code)
         yield 0.002
 
@@ -136,7 +142,7 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
 
         step = "calibration"
         lines.test_load.on()
-        lines.output_enable.on()
+        _enable(loop)
         loop.cal_gain, loop.cal_offset_ua = 1.0, 0.0
         measured = {}
         for sign in (1.0, -1.0):
@@ -196,13 +202,13 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
         note("deadman", before_ua=flowing, after_ua=after)
 
         step = "dac_shutdown"
-        lines.output_enable.on()
+        _enable(loop)
         yield from _kick_for(loop, 0.004)
         flowing = _mean_current(loop, 4)
         lines.dac_shutdown.off()  # the hardware path to zero, without SPI
         yield from _kick_for(loop, 0.002)
         after = _mean_current(loop, 4)
-        lines.dac_shutdown.on()
+        _enable(loop)
         if abs(flowing) < post.check_current_ua * 0.5 or abs(after) > post.zero_tolerance_ua:
             raise PostFailure(
                 f"the DAC /SHDN line did not cut the current ({flowing:.1f} -> {after:.1f} uA)"
@@ -222,8 +228,10 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
 
         _set_dac(loop, fe.dac_zero_code)
         lines.test_load.off()
+        step = "confirm"
+        if not loop.guard.confirm_post(epoch):  # under the guard's lock: no trip since the start
+            raise PostFailure("a fault was latched during the self-test")
         result["passed"] = True
-        loop.guard.post_valid = True
         loop.post_result = result
         loop._event("post", passed=True)
     except PostFailure as e:

@@ -11,6 +11,14 @@ Every fault, from any thread, ends in ``Guard.trip(code)``. It is idempotent and
    keep the first reason (they are counted),
 6. listeners are told (without blocking: they only queue).
 
+Every other path that switches the output path on goes through :meth:`Guard.enable` (it re-checks
+the latch after switching, so a trip racing it always wins), and every normal "off" (stop, lift-off
+timeout, close) goes through :meth:`Guard.cut`, the same first steps as the trip without the latch.
+
+Current that flows while the output is off or tripped is the one hazard a cut cannot end (a welded
+relay and a stage run away): it raises :attr:`Guard.alarm`, latched beside the first fault, whose
+message tells the person to take the electrodes off.
+
 While latched, nothing enables the output. Only :meth:`Guard.acknowledge` clears the latch, and only
 once the cause is gone (e-stop released, charger unplugged). A trip also invalidates the self-test
 (the hardware latch must be re-armed by it), so a new POST must pass before any output.
@@ -98,8 +106,8 @@ FAULT_TEXT: dict[Fault, tuple[str, str]] = {
         "Stop using the device and contact service.",
     ),
     Fault.RESIDUAL_CURRENT: (
-        "Current flowed while the output was off.",
-        "Stop using the device and contact service.",
+        "Current is flowing although the output is switched off.",
+        "Take the electrodes off your skin now, unplug the device and contact service.",
     ),
     Fault.OUTPUT_TIME: (
         "The treatment reached its maximum time.",
@@ -195,6 +203,9 @@ class Guard:
         self.post_valid = False
         self.listeners: list[Callable[[FaultRecord], None]] = []
         self.safe_state_errors = 0
+        # Current flowing while off or tripped: latched beside the first fault (which it never
+        # replaces), cleared only by an acknowledge once nothing flows.
+        self.alarm: FaultRecord | None = None
 
     @property
     def tripped(self) -> bool:
@@ -248,14 +259,70 @@ class Guard:
                     pass
         return record
 
+    def raise_alarm(self, code: Fault, detail: str) -> FaultRecord:
+        """Latch the residual-current alarm (and trip, if nothing is latched yet)."""
+        self.trip(code, detail)
+        with self._lock:
+            if self.alarm is None:
+                message, action = FAULT_TEXT[code]
+                self.alarm = FaultRecord(code, message, action, detail, self._clock.now())
+            return self.alarm
+
+    # ------------------------------------------------------------------ the guarded paths
+    def enable(self, *, relay: bool = True) -> bool:
+        """The one guarded enable: DAC /SHDN high and, with ``relay``, output enable high.
+
+        Refused (returns False, nothing switched) while a fault is latched or being cut. Re-checks
+        afterwards: a trip on another thread raised its flag before it cut, so whichever of the two
+        runs last, the output ends off when a trip happened.
+        """
+        if self.tripped:
+            return False
+        lines = self._board.lines
+        lines.dac_shutdown.on()
+        if relay:
+            lines.output_enable.on()
+        if self.tripped:
+            lines.output_enable.off()
+            lines.dac_shutdown.off()
+            return False
+        return True
+
+    def cut(self, zero_code: int | None = None) -> None:
+        """The one normal "off": relay open, DAC A to zero (``zero_code``: the calibrated zero;
+        default the nominal one), LED off. Not latched.
+
+        The DAC's /SHDN stays high: it also holds channel B, the hardware comparator's threshold,
+        which must keep guarding (a trip shuts it down, and then the self-test must re-arm it)."""
+        b = self._board
+        b.lines.output_enable.off()
+        with b.bus_lock:
+            b.dac.write_a(b.zero_code if zero_code is None else zero_code)
+        b.lines.output_led.off()
+
+    def begin_post(self) -> int:
+        """The self-test starts: invalidates the last pass; returns the epoch to confirm with."""
+        with self._lock:
+            self.post_valid = False
+            return self.trip_count
+
+    def confirm_post(self, epoch: int) -> bool:
+        """Mark the self-test passed, unless a trip happened since :meth:`begin_post`."""
+        with self._lock:
+            if self.fault is not None or self._cutting or self.trip_count != epoch:
+                return False
+            self.post_valid = True
+            return True
+
     def acknowledge(self, cause_present: Callable[[], str | None]) -> str | None:
         """Clear the latch. Returns None on success or the reason it cannot be cleared yet."""
         with self._lock:
-            if self.fault is None and not self._cutting:
+            if self.fault is None and not self._cutting and self.alarm is None:
                 return None
             reason = cause_present()
             if reason:
                 return reason
             self.fault = None
+            self.alarm = None
             self._cutting = False
             return None

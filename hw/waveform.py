@@ -86,6 +86,12 @@ class Waveform:
         n = max(min_ticks, math.ceil(2.0 * open_q / amplitude_ua - 1e-9))
         return -self.first, 2.0 * open_q / n, n
 
+    def restart(self) -> None:
+        """Begin a new pair at the next step (after a lift-off: the open pair's charge is returned
+        by the loop's balance ramp, measured, so the mirror starts afresh)."""
+        self.t = 0
+        self.q1 = self.q2 = 0.0
+
     @property
     def at_pair_start(self) -> bool:
         return self.t == 0

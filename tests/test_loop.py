@@ -7,7 +7,7 @@ import math
 import pytest
 
 from hw.levels import LevelError, level_to_ua
-from hw.loop import CommandRefused, OutputState
+from hw.loop import DITHER_CODES, CommandRefused, OutputState
 from hw.sim.plant import Load
 from hw.sim.rig import SimRig
 from hw.waveform import WaveformSpec
@@ -122,7 +122,12 @@ def test_start_ramps_from_zero(rig, target):
     assert amps[0] <= slew + 1e-9
     for k, row in enumerate(log[:20]):
         # The first ticks' command and current are small (trim/correction within 15 %).
-        assert abs(row[6]) <= (k + 1) * slew * 1.15 + 2 * rig.cfg.hardware.front_end.dac_ua_per_code
+        # Plus the stuck-channel dither (DITHER_CODES, ~2 uA, alternating every tick).
+        codes = 2 + DITHER_CODES
+        assert (
+            abs(row[6])
+            <= (k + 1) * slew * 1.15 + codes * rig.cfg.hardware.front_end.dac_ua_per_code
+        )
         assert abs(row[4]) <= (k + 1) * slew * 1.15 + 5.0
     steps = [b - a for a, b in zip(amps, amps[1:], strict=False)]
     assert max(steps) <= slew + 1e-9
