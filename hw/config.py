@@ -185,6 +185,12 @@ class FrontEnd(_Strict):
     reference_tolerance_codes: int = _rng(4, 400)
     test_load_ohm: float = _rng(500, 20000)
     deadman_ms: float = _rng(5, 50)
+    # Output relay, datasheet maxima: coil on -> contacts settled (operate plus bounce), and coil
+    # off -> contacts apart. Software waits these out before it judges current or its absence.
+    # Release is capped at 1 ms: a runaway stage is cut by the comparator through the relay, so
+    # its release time is how long a fault current can flow (docs/hardware.md, docs/safety.md).
+    relay_operate_ms: float = _rng(0.5, 10)
+    relay_release_ms: float = _rng(0.1, 1.0)
 
 
 class Post(_Strict):

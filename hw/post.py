@@ -98,6 +98,9 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
     ch = cfg.hardware.adc_channels
     lines = loop.board.lines
     result: dict = {"passed": False, "steps": []}
+    # The relay's datasheet maxima: coil on -> contacts settled, coil off -> contacts apart.
+    operate_s = fe.relay_operate_ms / 1000.0
+    release_s = fe.relay_release_ms / 1000.0
     loop.post_result = None
     epoch = loop.guard.begin_post()
     step = "start"
@@ -144,6 +147,7 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
         lines.test_load.on()
         _enable(loop)
         loop.cal_gain, loop.cal_offset_ua = 1.0, 0.0
+        yield from _kick_for(loop, operate_s + 0.001)  # the relay closes; its contacts settle
         measured = {}
         for sign in (1.0, -1.0):
             want = sign * post.check_current_ua
@@ -175,7 +179,7 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
         _set_dac(loop, loop._to_code(post.check_current_ua))
         yield from _kick_for(loop, 0.002)
         _set_threshold(loop, post.check_current_ua * 0.5)
-        yield from _kick_for(loop, 0.002)
+        yield from _kick_for(loop, 0.001 + release_s)  # the latch opens the coil; contacts part
         tripped = bool(lines.latch_pin.state)
         i_after = _mean_current(loop, 4)
         if not tripped:
@@ -187,23 +191,25 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
 
         step = "deadman"
         _set_dac(loop, loop._to_code(post.check_current_ua))
-        yield from _kick_for(loop, 0.004)
+        yield from _kick_for(loop, operate_s + 0.001)  # re-armed: the relay closes again
         flowing = _mean_current(loop, 4)
         if abs(flowing) < post.check_current_ua * 0.5:
             raise PostFailure(
                 f"no current through the relay before the dead-man test: {flowing:.1f}"
             )
-        yield fe.deadman_ms / 1000.0 + 0.005  # no kicks: the monostable must drop the relay
+        # No kicks: the monostable must drop the coil, and the contacts part within release.
+        wait_ms = fe.deadman_ms + fe.relay_release_ms + 2.0
+        yield wait_ms / 1000.0
         after = _mean_current(loop, 4)
         if abs(after) > post.zero_tolerance_ua:
             raise PostFailure(
-                f"{after:.1f} uA still flows {fe.deadman_ms + 5:.0f} ms after the kicks stopped"
+                f"{after:.1f} uA still flows {wait_ms:.0f} ms after the kicks stopped"
             )
         note("deadman", before_ua=flowing, after_ua=after)
 
         step = "dac_shutdown"
         _enable(loop)
-        yield from _kick_for(loop, 0.004)
+        yield from _kick_for(loop, operate_s + 0.001)  # kicks again: the relay closes
         flowing = _mean_current(loop, 4)
         lines.dac_shutdown.off()  # the hardware path to zero, without SPI
         yield from _kick_for(loop, 0.002)
@@ -219,12 +225,17 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
         note("dac_shutdown", before_ua=flowing, after_ua=after)
 
         step = "relay"
+        yield from _kick_for(loop, operate_s + 0.001)  # re-armed: the relay closes again
+        flowing = _mean_current(loop, 4)
+        if abs(flowing) < post.check_current_ua * 0.5:
+            raise PostFailure(f"no current through the relay before the relay test: {flowing:.1f}")
         lines.output_enable.off()
-        yield from _kick_for(loop, 0.004)  # kicks alive, enable low: only the relay can cut
+        # Kicks alive, enable low: only the relay can cut, within its release time.
+        yield from _kick_for(loop, max(0.004, release_s + 0.001))
         leak = _mean_current(loop, 8)
         if abs(leak) > post.zero_tolerance_ua:
             raise PostFailure(f"{leak:.1f} uA flows with the relay commanded open (welded?)")
-        note("relay", leak_ua=leak)
+        note("relay", before_ua=flowing, leak_ua=leak)
 
         _set_dac(loop, fe.dac_zero_code)
         lines.test_load.off()

@@ -3,7 +3,10 @@
 Topology (see docs/hardware.md)::
 
     DAC A -> Howland V-to-I (gain/offset error, lag, compliance) -> relay -> load -> shunt
-    relay closed  <=>  (output_enable AND dead-man monostable held AND NOT latch) OR welded
+    relay coil    <=>  output_enable AND dead-man monostable held AND NOT latch
+    contacts      :    close ``relay_operate_s`` after the coil is energised, bounce for
+                       ``relay_bounce_s`` (current flickers), open ``relay_release_s`` after it
+                       drops; a welded relay conducts whatever the coil does
     load          =    electrodes on skin (Rs + Rp||Cp, scaled by contact), open when lifted,
                        or the internal test resistor when test_load is selected
     comparator    :    |I| > threshold(DAC B) sets the latch; a re-arm edge clears it if |I| is low
@@ -21,6 +24,9 @@ from dataclasses import dataclass
 from hw.config import Config
 
 OPEN_OHM = 20e6  # leakage of lifted electrodes: a current source into it sits at compliance
+# Contact bounce: the intervals (fractions of relay_bounce_s after first touch) during which the
+# bouncing contacts conduct; between them they are apart. Irregular and shortening, as on a scope.
+BOUNCE_CLOSED = ((0.0, 0.12), (0.3, 0.4), (0.55, 0.7), (0.8, 0.88), (0.94, 0.97))
 
 
 @dataclass(frozen=True)
@@ -62,7 +68,13 @@ class Plant:
         self.adc_offset_codes = 1.4
         self.v_noise_v = 0.01
         self.comparator_delay_s = 50e-6
-        self.relay_release_s = 0.5e-3
+        # A small signal relay: the contacts first touch this long after the coil is energised,
+        # then bounce (conduct in short, irregular bursts) until they settle; on release they part
+        # this long after the coil drops. hardware.front_end.relay_operate_ms / relay_release_ms
+        # are the datasheet maxima the software waits for; these are what the part really does.
+        self.relay_operate_s = 3.5e-3
+        self.relay_bounce_s = 1.0e-3
+        self.relay_release_s = 0.8e-3  # coil clamped by a Zener, not a plain diode: fast
         self.deadman_s = fe.deadman_ms / 1000.0
         self.rail_v = fe.rail_nominal_v
 
@@ -83,8 +95,11 @@ class Plant:
         # Hardware state
         self.latched = True  # threshold at 0 V until the DAC sets it: latched at power-up
         self.latch_pending_s: float | None = None
-        self.relay_closed = False
-        self.relay_open_at_s: float | None = None  # pending release (relay release time)
+        self.relay_closed = False  # the contacts conduct (settled, bouncing shut, or welded)
+        self.coil_on = False
+        self._t_touch_s = math.inf  # contacts first touch (operate time after the coil is on)
+        self._t_settled_s = math.inf  # contacts have stopped bouncing
+        self._t_part_s = math.inf  # contacts part (release time after the coil dropped)
         self.i_stage_ua = 0.0  # stage output after its lag
         self.i_load_ua = 0.0  # what really flows through the load and shunt
         self.vc_v = 0.0  # voltage on the load's parallel capacitor
@@ -158,38 +173,111 @@ class Plant:
             if self.on_latch_change:
                 self.on_latch_change(t_s, value)
 
-    def _relay_should_close(self, t_s: float) -> bool:
+    def _coil_wanted(self, t_s: float) -> tuple[bool, float]:
+        """Whether the coil is energised at ``t_s`` and since when a drop is due (its cause's
+        time: the dead-man expires at the last kick plus its hold time)."""
+        if not (self.enable and not self.latched):
+            return False, t_s
+        expiry = self.last_kick_s + self.deadman_s
+        if t_s < expiry:
+            return True, t_s
+        return False, expiry
+
+    def _contacts_at(self, t_s: float) -> bool:
+        """Whether the contacts conduct at ``t_s`` (for the interval up to the next edge)."""
         if self.welded:
             return True
-        held = (t_s - self.last_kick_s) < self.deadman_s
-        return self.enable and held and not self.latched
+        if t_s >= self._t_part_s:
+            return False
+        if t_s >= self._t_settled_s:
+            return True
+        if t_s >= self._t_touch_s:
+            # 1 ns to the right: at a bounce edge, the state that follows it (edges are 30+ us
+            # apart), so a piece starting on an edge is judged by what happens inside it.
+            x = (t_s + 1e-9 - self._t_touch_s) / self.relay_bounce_s
+            return any(a <= x < b for a, b in BOUNCE_CLOSED)
+        return False
+
+    def _next_relay_edge(self, after_s: float) -> float:
+        """The first time after ``after_s`` at which the coil or the contacts change by
+        themselves (dead-man expiry, first touch, a bounce edge, settling, parting)."""
+        best = math.inf
+        if self.coil_on:
+            expiry = self.last_kick_s + self.deadman_s
+            if expiry > after_s:
+                best = expiry
+        if after_s < self._t_part_s < best:
+            best = self._t_part_s
+        touch = self._t_touch_s
+        if touch < best and self._t_settled_s > after_s:
+            if touch > after_s:
+                return touch
+            for pair in BOUNCE_CLOSED:
+                for f in pair:
+                    t = touch + f * self.relay_bounce_s
+                    if after_s < t < best:
+                        return t
+            if self._t_settled_s < best:
+                best = self._t_settled_s
+        return best
+
+    @property
+    def relay_settled(self) -> bool:
+        """The contacts are where the coil puts them: closed and done bouncing, or apart (always
+        true of a welded relay, which never moves)."""
+        if self.welded:
+            return True
+        if self.coil_on:
+            return self.t_s >= self._t_settled_s
+        return self._t_touch_s == math.inf or self.t_s >= self._t_part_s
 
     def _update_relay(self, t_s: float) -> None:
-        want = self._relay_should_close(t_s)
-        if want and not self.relay_closed:
-            self.relay_closed = True
-            self.relay_open_at_s = None
+        """Bring the coil and the contacts up to ``t_s`` (call after any change of their inputs)."""
+        want, t_change = self._coil_wanted(t_s)
+        if want and not self.coil_on:
+            self.coil_on = True
+            if self._t_touch_s <= t_s and t_s < self._t_part_s:
+                self._t_part_s = math.inf  # re-energised before the contacts parted: they stay
+            else:
+                self._t_touch_s = t_s + self.relay_operate_s
+                self._t_settled_s = self._t_touch_s + self.relay_bounce_s
+                self._t_part_s = math.inf
+        elif not want and self.coil_on:
+            self.coil_on = False
+            if self._t_touch_s <= t_change:
+                self._t_part_s = max(t_s, t_change + self.relay_release_s)
+                # Released before the bounce ended: they part at the release time regardless.
+            else:
+                self._t_touch_s = self._t_settled_s = math.inf  # dropped before touching
+        if t_s >= self._t_part_s and not self.coil_on:
+            t_part = self._t_part_s
+            self._t_touch_s = self._t_settled_s = self._t_part_s = math.inf
+        else:
+            t_part = None
+        closed = self._contacts_at(t_s)
+        if closed != self.relay_closed:
+            self.relay_closed = closed
             if self.on_relay_change:
-                self.on_relay_change(t_s, True)
-        elif not want and self.relay_closed:
-            # When did the reason to open appear? The dead-man expires at last_kick + hold time.
-            if self.relay_open_at_s is None:
-                t_reason = t_s
-                if self.enable and not self.latched:
-                    t_reason = min(t_s, self.last_kick_s + self.deadman_s)
-                self.relay_open_at_s = t_reason + self.relay_release_s
-            if t_s >= self.relay_open_at_s:
-                self.relay_closed = False
-                if self.on_relay_change:
-                    self.on_relay_change(self.relay_open_at_s, False)
-                self.relay_open_at_s = None
+                self.on_relay_change(t_part if (t_part is not None and not closed) else t_s, closed)
 
     def advance(self, t_s: float) -> None:
-        """Move the plant forward to ``t_s`` (monotonic seconds)."""
+        """Move the plant forward to ``t_s`` (monotonic seconds), in pieces split at every relay
+        edge so that the current flows exactly while the contacts conduct."""
+        while self.t_s < t_s:
+            self._update_relay(self.t_s)  # coil and contacts at the start of the piece
+            edge = self._next_relay_edge(self.t_s)
+            self._advance_to(edge if edge < t_s else t_s)
+        self._update_relay(t_s)
+        if not self.relay_closed:
+            # Contacts apart at t_s: nothing flows now, even if they parted exactly at t_s.
+            self.i_load_ua = 0.0
+            self.v_out_v = 0.0
+
+    def _advance_to(self, t_s: float) -> None:
         dt = t_s - self.t_s
         if dt <= 0:
             return
-        self._update_relay(t_s)
+        # The contacts hold their state (set by the caller) over the whole piece.
         # Stage: first-order lag toward what it is told (or its rail when it has failed).
         target = self.stage_target_ua
         a = math.exp(-dt / self.stage_tau_s)
@@ -218,9 +306,11 @@ class Plant:
                 if self.latch_pending_s is None:
                     self.latch_pending_s = self.t_s + self.comparator_delay_s
                 if t_s >= self.latch_pending_s:
-                    self._set_latch(True, self.latch_pending_s)
+                    t_latch = self.latch_pending_s
+                    self._set_latch(True, t_latch)
                     self.latch_pending_s = None
-                    self._update_relay(t_s)
+                    self.t_s = t_latch  # the coil drops when the latch sets, not at the end
+                    self._update_relay(t_latch)
             else:
                 self.latch_pending_s = None
         self.t_s = t_s
