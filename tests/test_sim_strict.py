@@ -182,3 +182,36 @@ def test_a_relay_twice_as_slow_as_its_datasheet_fails_the_self_test():
         assert result["failed_step"] == "calibration", result
     finally:
         rig.close()
+
+
+# --------------------------------------------------------------------------------------------
+# fault injection: the current channel frozen alone
+# --------------------------------------------------------------------------------------------
+
+
+def test_adc_current_stuck_freezes_only_the_current_channel(bench):
+    """Only CH0 repeats its last conversion; the electrode voltage follows a polarity reversal and
+    the reference stays live (so the reference check, which catches adc_stuck, cannot see it)."""
+    ch = bench.cfg.hardware.adc_channels
+    fe = bench.cfg.hardware.front_end
+    adc = bench.board.adc
+    bench.lines.output_enable.on()
+    bench.wait(0.010, kick=True)
+    plus = adc.read(ch.current)
+    assert plus - fe.adc_zero_code > 0.9 * CHECK_UA / fe.adc_ua_per_code
+    bench.sim.inject("adc_current_stuck")
+    bench.board.dac.write_a(fe.dac_zero_code - round(CHECK_UA / fe.dac_ua_per_code))
+    bench.wait(0.002, kick=True)
+    assert bench.plant.i_load_ua < -0.9 * CHECK_UA  # the current really reversed
+    assert {adc.read(ch.current) for _ in range(50)} == {plus}
+    volts = [adc.read(ch.electrode_voltage) for _ in range(20)]
+    assert all(
+        v - 2048 < -0.5 * CHECK_UA * 1e-6 * fe.test_load_ohm / fe.electrode_v_per_code
+        for v in volts
+    )
+    refs = [adc.read(ch.reference) for _ in range(50)]
+    assert len(set(refs)) > 1
+    assert all(abs(r - fe.reference_code) <= fe.reference_tolerance_codes for r in refs)
+    bench.sim.clear("adc_current_stuck")
+    minus = adc.read(ch.current)
+    assert fe.adc_zero_code - minus > 0.9 * CHECK_UA / fe.adc_ua_per_code

@@ -21,6 +21,7 @@ from hw.sim.plant import DRY_SKIN, SKIN, SWEATY_SKIN, Load, Plant
 
 FAULTS = (
     "adc_stuck",  # every ADC channel returns the code it last converted
+    "adc_current_stuck",  # only the current channel (CH0) repeats its last code; others live
     "dac_stuck",  # the DAC ignores writes and holds its last output
     "spi_error",  # every SPI transfer fails (EIO)
     "shorted_shunt",  # the shunt reads zero whatever flows
@@ -109,8 +110,12 @@ class SimAdcBus(_SimBus):
             p.advance(b.clock.now())
             if b.adc_stuck_code is not None:
                 return mcp3208.encode_reply(b.adc_stuck_code)
-            code = p.adc_code(self._roles.get(channel, ""))
+            role = self._roles.get(channel, "")
+            if role == "current" and b.adc_current_stuck_code is not None:
+                return mcp3208.encode_reply(b.adc_current_stuck_code)
+            code = p.adc_code(role)
             b.last_adc_code = code
+            b.last_adc_codes[role] = code
             return mcp3208.encode_reply(code)
 
 
@@ -146,7 +151,9 @@ class SimBoard:
         self.adc_bus = SimAdcBus(self, roles)
         self.spi_error = False
         self.adc_stuck_code: int | None = None
+        self.adc_current_stuck_code: int | None = None
         self.last_adc_code = 0
+        self.last_adc_codes: dict[str, int] = {}  # per channel role, the last code converted
         self.active_faults: set[str] = set()
         self.t_enable_low: float | None = clock.now()
         self.t_dac_zero: float | None = clock.now()
@@ -293,6 +300,10 @@ class SimBoard:
             self.events.append((now, "fault", fault))
             if fault == "adc_stuck":
                 self.adc_stuck_code = self.last_adc_code
+            elif fault == "adc_current_stuck":
+                # Frozen at its last conversion (mid-scale if it never converted).
+                zero = self.cfg.hardware.front_end.adc_zero_code
+                self.adc_current_stuck_code = self.last_adc_codes.get("current", zero)
             elif fault == "dac_stuck":
                 p.freeze_dac()
             elif fault == "spi_error":
@@ -330,6 +341,8 @@ class SimBoard:
             self.events.append((now, "clear", fault))
             if fault == "adc_stuck":
                 self.adc_stuck_code = None
+            elif fault == "adc_current_stuck":
+                self.adc_current_stuck_code = None
             elif fault == "dac_stuck":
                 p.dac_stuck = False
             elif fault == "spi_error":
