@@ -135,6 +135,11 @@ def _trip_once(cfg: Config, fault: str, phase: float, seed: int) -> tuple[float,
             if not rig.sim.relay_closed:
                 how = "relay open"
                 break
+        elif fault == "lift_off":
+            # Not a trip: the DAC drops the current to zero; the relay stays closed for probing.
+            if rig.loop.state == OutputState.LIFTED and abs(rig.sim.plant.dac_target_ua) < 1.0:
+                how = "lifted, DAC at zero"
+                break
         else:
             cut = rig.sim.output_cut_at()
             if cut is not None and cut >= t0:
@@ -142,6 +147,8 @@ def _trip_once(cfg: Config, fault: str, phase: float, seed: int) -> tuple[float,
                 break
     if fault == "deadman":
         t_cut = rig.sim.t_relay_open
+    elif fault == "lift_off":
+        t_cut = rig.sim.t_dac_zero if how else None
     else:
         t_cut = rig.sim.output_cut_at()
     rig.close()
@@ -251,6 +258,87 @@ def dc_balance(cfg: Config) -> dict:
     return results
 
 
+def lift_off_balance(cfg: Config, seconds: float = 120.0, seed: int = 7) -> dict:
+    """The full-face program's forehead step (its highest level) with a person lifting the
+    electrodes as its text says: contact 1.5-4 s, lifted 0.2-1 s, again and again. True net DC
+    charge in % of the charge delivered (plant ground truth), and whether anything tripped."""
+    import random
+
+    from hw.levels import level_to_ua
+
+    step = cfg.program("full-face-lift").steps[0]
+    spec = WaveformSpec(step.frequency_hz, step.pulse_width_ms)
+    target = level_to_ua(step.max_level, cfg.limits, step.max_level)
+    rng = random.Random(seed)
+    rig = SimRig(cfg, seed=seed)
+    try:
+        if not rig.post()["passed"]:
+            raise RuntimeError("self-test failed")
+        q0_net, q0_abs = rig.sim.plant.q_net_uc, rig.sim.plant.q_abs_uc
+        rig.loop.start(spec, target)
+        end = rig.clock.now() + seconds
+        lifts = 0
+        while rig.clock.now() < end and not rig.guard.tripped:
+            rig.keep_lease(rng.uniform(1.5, 4.0))
+            rig.sim.inject("lift_off")
+            lifts += 1
+            rig.keep_lease(rng.uniform(0.2, 1.0))
+            rig.sim.clear("lift_off")
+        # The program ends on its timer, and its timers run only with contact: let the last
+        # re-contact (and its balance) happen, then the balanced stop.
+        for _ in range(100):
+            if rig.loop.state in (OutputState.RAMP_UP, OutputState.ON) or rig.guard.tripped:
+                break
+            rig.keep_lease(0.1)
+        peak_loop_net = abs(rig.loop.q_net_uc)
+        rig.loop.stop()
+        rig.keep_lease(2.0)
+        net = rig.sim.plant.q_net_uc - q0_net
+        delivered = rig.sim.plant.q_abs_uc - q0_abs
+        fault = rig.guard.fault
+        return {
+            "pct": 100.0 * abs(net) / delivered if delivered else float("nan"),
+            "lifts": lifts,
+            "delivered_uc": delivered,
+            "net_uc": net,
+            "loop_net_uc_end": peak_loop_net,
+            "tripped": str(fault.code) if fault else None,
+        }
+    finally:
+        rig.close()
+
+
+def current_channel_stuck(cfg: Config) -> dict:
+    """Time from the current channel freezing alone (the other channels live) to the cut, worst
+    over every shipped waveform and several points of its period, in board time (ms)."""
+    specs = sorted({(s.frequency_hz, s.pulse_width_ms) for p in cfg.programs for s in p.steps})
+    worst: dict = {}
+    for f_hz, pw_ms in specs:
+        spec = WaveformSpec(f_hz, pw_ms)
+        for frac in (0.05, 0.3, 0.6, 0.9):
+            rig = SimRig(cfg, seed=11)
+            try:
+                if not rig.post()["passed"]:
+                    raise RuntimeError("self-test failed")
+                rig.loop.start(spec, 160.0)
+                rig.run_leased_until(lambda r=rig: r.loop.state == OutputState.ON, 5.0)
+                w = rig.loop.wave
+                at = int(frac * w.period_ticks)
+                rig.run_leased_until(lambda w=w, at=at: w.t == at, 5.0 / f_hz)
+                t0 = rig.clock.now()
+                rig.sim.inject("adc_current_stuck")
+                rig.run_leased_until(lambda r=rig: r.guard.tripped, 1.0)
+                cut = rig.sim.output_cut_at()
+                ms = (cut - t0) * 1000.0 if cut is not None else float("inf")
+                key = f"{f_hz:g} Hz/{pw_ms:g} ms"
+                code = str(rig.guard.fault.code) if rig.guard.fault else "none"
+                if ms > worst.get(key, (-1.0, ""))[0]:
+                    worst[key] = (ms, code)
+            finally:
+                rig.close()
+    return worst
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hw.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--config", help="site config merged over the defaults")
@@ -263,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     trips, how = trip_latencies(cfg)
     reg = regulation(cfg)
     dc = dc_balance(cfg)
+    lift_dc = lift_off_balance(cfg, 30.0 if args.quick else 120.0)
+    stuck = current_channel_stuck(cfg)
     proc = daemon_process_figures(300 if args.quick else 1000)
     c2d = command_to_dac(cfg, 20 if args.quick else 200)
     lease_ms = cfg.limits.lease_ms
@@ -293,6 +383,16 @@ def main(argv: list[str] | None = None) -> int:
         rows.append((f"regulation {name}", f"{v:.2f} %", "<= 2 (or 5 uA)"))
     for name, v in dc.items():
         rows.append((f"net DC {name}", f"{v:.3f} %", "<= 1"))
+    rows.append(
+        (
+            "net DC full-face forehead, lift-offs",
+            f"{lift_dc['pct']:.3f} % ({lift_dc['lifts']} lifts, "
+            f"{lift_dc['delivered_uc']:.0f} uC, trip {lift_dc['tripped']})",
+            "<= 1, no trip",
+        )
+    )
+    for name, (ms, code) in stuck.items():
+        rows.append((f"current channel stuck {name}", f"{ms:.1f} ms ({code})", "<= 10"))
     rows += [
         (
             "IPC round trip p50 / p99",
@@ -321,6 +421,9 @@ def main(argv: list[str] | None = None) -> int:
         "lease_ms": lease_ms,
         "regulation_error_pct": {k: round(v, 3) for k, v in reg.items()},
         "dc_net_charge_pct": round(max(dc.values()), 4),
+        "lift_off_net_dc_pct": round(lift_dc["pct"], 4),
+        "lift_off_trips": lift_dc["tripped"],
+        "adc_current_stuck_ms": round(max(ms for ms, _ in stuck.values()), 2),
         "ipc_rtt_ms_p99": round(proc["ipc_rtt_ms_p99"], 3),
         "command_to_dac_ms_p99": round(c2d["command_to_dac_ms_p99"], 3),
         "daemon_rss_mb": round(proc["daemon_rss_mb"], 1),

@@ -62,9 +62,9 @@ class OutputState(StrEnum):
 
 SETTLE_S = 0.0003  # the output stage settles well within this after a step (tau ~ 60 us)
 # A live current channel moves with a +/-4 code dither (~ +/-2 uA: 6 ADC codes peak to peak);
-# 20 identical conversions in a row (10 ms at 2 kHz) while driving is a frozen channel.
+# 16 identical conversions in a row (8 ms at 2 kHz) while driving is a frozen channel.
 DITHER_CODES = 4
-FROZEN_TICKS = 20
+FROZEN_TICKS = 16
 BALANCE_EPS_UC = 0.5  # net charge small enough to call balanced (0.2 % of a 250 uC bound)
 RESIDUAL_MS = 5.0  # debounce of the residual-current check (off or tripped)
 RESHUTDOWN_MS = 100.0  # while tripped, the SPI shutdown of the DAC is re-issued this often
@@ -759,7 +759,10 @@ class ControlLoop:
             n["oc"] += 1
             if n["oc"] >= self._n_oc:
                 self.guard.trip(
-                    Fault.OVERCURRENT_SETPOINT, f"{i:.0f} uA measured for a {prev:.0f} uA {what}"
+                    Fault.OVERCURRENT_SETPOINT,
+                    f"{i:.0f} uA measured for a {prev:.0f} uA {what} (the command before: "
+                    f"{self._cmd_prev2:.0f} uA; {(now - self._t_cmd_change) * 1e3:.2f} ms since "
+                    f"it changed from {self._cmd_old_abs:.0f} uA; state {self.state})",
                 )
                 return True
         else:

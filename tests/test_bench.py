@@ -42,6 +42,8 @@ def test_last_line_is_one_json_object_with_every_key(bench_json):
     }
     assert set(result["regulation_error_pct"]) == {"500", "2000", "10000", "skin"}
     assert "dc_net_charge_pct" in result
+    for key in ("lift_off_net_dc_pct", "adc_current_stuck_ms"):
+        assert isinstance(result[key], int | float) and math.isfinite(result[key]), key
 
 
 def test_board_time_figures_meet_their_bounds(bench_json):
@@ -58,6 +60,8 @@ def test_board_time_figures_meet_their_bounds(bench_json):
     for load, pct in r["regulation_error_pct"].items():
         assert pct <= 2.0, load
     assert r["dc_net_charge_pct"] <= 1.0
+    assert r["lift_off_net_dc_pct"] <= 1.0 and r["lift_off_trips"] is None
+    assert r["adc_current_stuck_ms"] <= 10.0
 
 
 def test_table_is_printed_before_the_json(bench_json):

@@ -48,6 +48,12 @@ RUN_TRIPS: dict[str, tuple[frozenset[Fault], float]] = {
     # follow check). Worst case: frozen at the start of a phase whose polarity the next phase
     # repeats (pair boundary): two 10 ms phases, then the 1 ms setpoint debounce.
     "dac_stuck": (frozenset({Fault.OVERCURRENT_SETPOINT, Fault.OPEN_CIRCUIT}), 21.5),
+    # The current channel alone repeats its code: the dithered command moves a live channel
+    # every tick, so FROZEN_TICKS (16) identical samples trip; a phase edge may trip first.
+    "adc_current_stuck": (
+        frozenset({Fault.ADC_STUCK, Fault.OVERCURRENT_SETPOINT, Fault.OPEN_CIRCUIT}),
+        8.5,
+    ),
 }
 POST_ONLY = ("welded_relay", "dead_comparator")
 NOT_A_TRIP = ("lift_off",)

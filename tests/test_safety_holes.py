@@ -248,21 +248,6 @@ def test_residual_current_with_the_output_off_raises_the_alarm(running_rig):
 
 
 # ------------------------------------------------------------- item 7: a current channel frozen
-def freeze_current_channel(rig) -> None:
-    p = rig.sim.plant
-    frozen = {}
-    orig = p.adc_code
-
-    def adc_code(role):
-        if role == "current":
-            if "code" not in frozen:
-                frozen["code"] = orig(role)
-            return frozen["code"]
-        return orig(role)
-
-    p.adc_code = adc_code
-
-
 @pytest.mark.parametrize("name,spec,cap", shipped_specs()[:1] + shipped_specs()[-3:])
 @pytest.mark.parametrize("phase_frac", [0.1, 0.5, 0.95])
 def test_a_frozen_current_channel_alone_is_found_within_10ms(name, spec, cap, phase_frac):
@@ -273,7 +258,7 @@ def test_a_frozen_current_channel_alone_is_found_within_10ms(name, spec, cap, ph
         at = int(phase_frac * w.phase_ticks)
         assert rig.run_leased_until(lambda: w.t == at, 5.0)
         t0 = rig.clock.now()
-        freeze_current_channel(rig)
+        rig.sim.inject("adc_current_stuck")
         assert rig.run_leased_until(lambda: rig.guard.tripped, 0.012), name
         assert (rig.clock.now() - t0) * 1000.0 <= 10.5
         # Mostly ADC_STUCK; frozen just before a phase edge, the setpoint check may come first.
