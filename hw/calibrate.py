@@ -34,7 +34,8 @@ from hw.boardfile import (
     sim_board_path,
     write_board,
 )
-from hw.config import Config, ConfigError, Problem, _read_yaml, load_config
+from hw.config import Config, ConfigError, Problem, load_config
+from hw.yamlfile import _read_yaml
 
 # How many codes either side of zero the measurement drives: about 200 uA, the POST check current.
 MEASURE_CODES = 410
