@@ -58,13 +58,19 @@ def board_path_for(
     given: str | os.PathLike | None, *, sim: bool, env: Mapping[str, str] | None = None
 ) -> Path:
     """Which board file to load: ``given``, else ``MCK_BOARD``, else the packaged sim board for
-    ``--sim`` and ``DEFAULT_BOARD_PATH`` on real hardware (which must exist: no file, no output)."""
+    ``--sim`` and ``DEFAULT_BOARD_PATH`` on real hardware (which must exist: no file, no output).
+    Raises :class:`ConfigError` when real hardware is pointed at the simulated board's file."""
     env = os.environ if env is None else env
     if given:
-        return Path(given)
-    if env.get("MCK_BOARD"):
-        return Path(env["MCK_BOARD"])
-    return sim_board_path() if sim else DEFAULT_BOARD_PATH
+        path = Path(given)
+    elif env.get("MCK_BOARD"):
+        path = Path(env["MCK_BOARD"])
+    else:
+        return sim_board_path() if sim else DEFAULT_BOARD_PATH
+    if not sim and path.resolve() == sim_board_path().resolve():
+        # The simulated board's file describes no real board: never drive hardware with it.
+        raise _problem(path, "", _MISSING, "is the simulated board's file; it needs --sim")
+    return path
 
 
 def canonical(body: Mapping[str, Any]) -> bytes:

@@ -1085,6 +1085,15 @@ def test_real_hardware_never_falls_back_to_the_sim_board(tmp_path):
     assert board_path_for(None, sim=False, env={"MCK_BOARD": "y.yaml"}) == Path("y.yaml")
 
 
+def test_real_hardware_refuses_the_sim_board_file(tmp_path):
+    for path, env in ((SIM_BOARD, {}), (None, {"MCK_BOARD": SIM_BOARD})):
+        with pytest.raises(ConfigError) as info:
+            board_path_for(path, sim=False, env=env)
+        (p,) = info.value.problems
+        assert p.file == SIM_BOARD and "needs --sim" in p.allowed
+    assert board_path_for(SIM_BOARD, sim=True, env={}) == Path(SIM_BOARD)
+
+
 def test_a_missing_board_file_is_refused(tmp_path):
     path = tmp_path / "board.yaml"
     (p,) = refuse(None, board_path=path)
