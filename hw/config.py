@@ -1,8 +1,16 @@
 """Typed, range-checked configuration with ceilings that no YAML can raise.
 
-The packaged defaults (``config/default.yaml``, shipped as ``hw/default.yaml``) are loaded first
-and a site file is merged over them (mappings merge key by key, lists are replaced whole). The
-merged tree is validated by the models below in strict mode: wrong types, unknown keys, values
+Three files make one configuration:
+
+* the packaged defaults (``config/default.yaml``, shipped as ``hw/default.yaml``): limits, loop,
+  the self-test's tolerances, programs, ui;
+* the board file (``hw.boardfile``): what describes one board as built (SPI, pins, ADC channels,
+  front-end scale factors), written by the calibration step and protected by a checksum;
+* an optional site file, merged over the defaults (mappings key by key, lists replaced whole). It
+  may set ``ui`` and ``programs``, and may move a limit only in its safer direction from the
+  packaged value (``SAFER``); it can never touch the board's keys.
+
+The merged tree is validated by the models below in strict mode: wrong types, unknown keys, values
 outside the code ceilings and inconsistent combinations are all errors. A bad config raises
 :class:`ConfigError`, which names the file, the key path, the value and what is allowed; the daemon
 then refuses to drive any output. Nothing here is read at import time.
@@ -13,24 +21,45 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
+
+from hw import boardfile
+from hw.boardfile import BOARD_SECTIONS
+from hw.yamlfile import (  # noqa: F401 - ConfigError and Problem are part of this module's API
+    _MISSING,
+    ConfigError,
+    Problem,
+    _allowed_text,
+    _file_for,
+    _loc_to_path,
+    _merge,
+    _origins,
+    _read_yaml,
+)
 
 # --------------------------------------------------------------------------------------------
 # Ceilings. These are the hard bounds of the product; YAML can only choose values inside them.
 # --------------------------------------------------------------------------------------------
-CEIL_CURRENT_UA = 1000.0  # the stage's full scale; no setpoint may ever exceed it
-CEIL_OVERCURRENT_TRIP_UA = 1100.0  # software trip threshold (the ADC reads to +/-1250 uA)
-CEIL_HW_OVERCURRENT_UA = 1200.0  # comparator threshold on DAC channel B
+# The product is a facial device, so the current ceilings are the face's, not the stage's full
+# scale (1000 uA, STAGE_FULL_SCALE_UA). Home facial microcurrent devices work in 10-500 uA
+# (typically 50-400), cleared toners reach 390 uA, and professional practice keeps <= 200 uA on
+# the face (the project's device field notes, section 5, rows 11-13). So no setpoint may exceed
+# 500 uA; the software trip may sit at most 20 % above that (the regulation error plus the ADC's
+# noise must not reach it in normal use: the packaged 480 over 400 is the same 20 %), and the
+# hardware comparator at most 40 % above it (its own divider and offset tolerance, ~15 %, under
+# the POST's threshold check, must keep it above the software trip).
+CEIL_CURRENT_UA = 500.0  # highest setpoint (limits.max_current_ua, every level)
+CEIL_OVERCURRENT_TRIP_UA = 600.0  # 1.2 x CEIL_CURRENT_UA: software absolute trip
+CEIL_HW_OVERCURRENT_UA = 700.0  # 1.4 x CEIL_CURRENT_UA: comparator threshold on DAC channel B
+STAGE_FULL_SCALE_UA = 1000.0  # the Howland stage's design full scale (a board fact, not a limit)
 CEIL_NET_CHARGE_UC = 1000.0  # 1 mC: far below any electrochemical concern for a treatment
-CEIL_OUTPUT_S = 3600.0  # one treatment
-CEIL_DAILY_S = 3 * 3600.0
+CEIL_OUTPUT_S = 1800.0  # one treatment: 30 min/session (Omron Avail; NuFACE Mini+ 20 min auto-off)
+CEIL_DAILY_S = 3 * 3600.0  # 180 min/day (Omron Avail microcurrent)
 LEASE_MS_RANGE = (50.0, 2000.0)
 RAMP_UP_S_RANGE = (1.0, 3.0)  # design: every start ramps over 1-3 s
 RAMP_DOWN_S_RANGE = (0.05, 2.0)
@@ -44,9 +73,57 @@ STALL_MS_RANGE = (2.0, 20.0)  # the supervisor must cut within 20 ms of a stalle
 MIN_IMPEDANCE_OHM_RANGE = (50.0, 2000.0)
 MAX_IMPEDANCE_OHM_RANGE = (5000.0, 200000.0)
 DEBOUNCE_MS_RANGE = (0.0, 10.0)  # design: debounced checks act within 10 ms
-ZONES = ("forehead", "brows", "eyes", "cheeks", "nose", "lips", "jawline", "chin", "neck")
+# Where a program may put the electrodes: the face's allowed zones only, a fixed list. No eyes, no
+# mouth and no front of the neck or throat (IEC 60601-2-10 201.7.9.2.101 h: no stimulation on the
+# eyes, covering the mouth, or on the front of the neck / carotid sinus). "neck" is the sides of
+# the neck only, as every step text using it must say.
+ZONES = ("forehead", "brows", "cheeks", "nose", "jawline", "chin", "neck")
 
 PositiveFloat = Annotated[float, Field(gt=0, allow_inf_nan=False)]
+
+# --------------------------------------------------------------------------------------------
+# What a site file may change, and which way. A site may only make the device safer: each number
+# below may move from its packaged value in the direction given, never past it. A key of limits,
+# loop or hardware.post that is not listed cannot be changed by a site file at all (no direction
+# of it is safer, or it ties other checks: the loop rate, the level count, the stop ramp, the
+# self-test's check current); a new key added to those models is fixed until it is listed here.
+# --------------------------------------------------------------------------------------------
+LOWER, HIGHER = "lower", "higher"
+SAFER: dict[str, str] = {
+    "limits.max_current_ua": LOWER,
+    "limits.overcurrent_trip_ua": LOWER,  # trips sooner
+    "limits.hw_overcurrent_ua": LOWER,
+    "limits.setpoint_tolerance_pct": LOWER,
+    "limits.setpoint_tolerance_ua": LOWER,
+    "limits.overcurrent_debounce_ms": LOWER,  # every debounce: acts sooner
+    "limits.follow_ratio": HIGHER,  # more of the command must flow to count as following
+    "limits.follow_min_ua": LOWER,  # smaller commands are judged too
+    "limits.follow_debounce_ms": LOWER,
+    "limits.lift_debounce_ms": LOWER,
+    "limits.min_impedance_ohm": HIGHER,  # electrodes touching are called sooner
+    "limits.max_impedance_ohm": LOWER,  # poor contact (high current density) is lift-off sooner
+    "limits.impedance_debounce_ms": LOWER,
+    "limits.max_net_charge_uc": LOWER,
+    "limits.max_output_s": LOWER,
+    "limits.daily_max_s": LOWER,
+    "limits.lease_ms": LOWER,  # a silent kiosk is cut sooner
+    "limits.ramp_up_s": HIGHER,  # a gentler start
+    "limits.level_min_ua": LOWER,
+    "limits.level_max_ua": LOWER,
+    "limits.probe_current_ua": LOWER,
+    "limits.probe_interval_ms": HIGHER,  # fewer probes, fewer relay operations
+    "limits.recontact_ms": HIGHER,  # contact must be good for longer before output returns
+    "limits.lifted_max_s": LOWER,  # a long lift-off pauses sooner (only a resume goes on)
+    "loop.stall_ms": LOWER,
+    "loop.supervisor_period_ms": LOWER,
+    "loop.adc_stale_ms": LOWER,
+    # loop.realtime_priority is fixed: a site file cannot turn real-time scheduling off.
+    "hardware.post.tolerance_pct": LOWER,
+    "hardware.post.tolerance_ua": LOWER,
+    "hardware.post.zero_tolerance_ua": LOWER,
+}
+SITE_SECTIONS = ("limits", "loop", "hardware", "programs", "ui")
+_LIMIT_SECTIONS = ("limits", "loop", "hardware.post")
 
 
 def choice(*allowed: int) -> Any:
@@ -61,31 +138,6 @@ def choice(*allowed: int) -> Any:
         return value
 
     return Annotated[int, BeforeValidator(check)]
-
-
-class ConfigError(Exception):
-    """A configuration that must not be used. ``problems`` holds one ``Problem`` per finding."""
-
-    def __init__(self, problems: list[Problem]):
-        self.problems = problems
-        super().__init__("\n".join(str(p) for p in problems))
-
-
-@dataclass(frozen=True)
-class Problem:
-    file: str
-    key: str
-    value: Any
-    allowed: str
-
-    def __str__(self) -> str:
-        shown = "<missing>" if self.value is _MISSING else repr(self.value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        return f"{self.file}: {self.key or '<top level>'} = {shown}: {self.allowed}"
-
-
-_MISSING = object()
 
 
 class _Strict(BaseModel):
@@ -172,10 +224,10 @@ class FrontEnd(_Strict):
     """Scale factors of the analog front end (see docs/hardware.md)."""
 
     dac_zero_code: int = _rng(1800, 2300)
-    dac_ua_per_code: float = _rng(0.3, 0.7)  # keeps full scale near the 1000 uA hardware ceiling
+    dac_ua_per_code: float = _rng(0.3, 0.7)  # keeps full scale near the stage's 1000 uA
     threshold_ua_per_code: float = _rng(0.1, 0.5)
     adc_zero_code: int = _rng(1800, 2300)
-    adc_ua_per_code: float = _rng(0.3, 1.0)
+    adc_ua_per_code: float = _rng(0.2, 1.0)
     electrode_v_per_code: PositiveFloat
     rail_v_per_code: PositiveFloat
     rail_nominal_v: float = _rng(5, 40)
@@ -259,127 +311,9 @@ class Config(_Strict):
 # --------------------------------------------------------------------------------------------
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """SafeLoader that rejects a key given twice in one mapping (PyYAML keeps the last silently)."""
-
-
-def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode) -> dict:
-    seen: dict[Any, Any] = {}
-    for key_node, value_node in node.value:
-        key = loader.construct_object(key_node)
-        if not isinstance(key, str | int | float | bool) and key is not None:
-            raise yaml.constructor.ConstructorError(
-                None,
-                None,
-                f"a key must be a plain name, not {type(key).__name__}",
-                key_node.start_mark,
-            )
-        if key in seen:
-            raise yaml.constructor.ConstructorError(
-                None, None, f"duplicate key {key!r}", key_node.start_mark
-            )
-        seen[key] = loader.construct_object(value_node, deep=True)
-    return seen
-
-
-_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
-
-
 def default_config_path() -> Path:
     """Where the packaged defaults live (works from a checkout and from an installed wheel)."""
     return Path(str(resources.files("hw").joinpath("default.yaml")))
-
-
-def _read_yaml(path: Path) -> dict:
-    name = str(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError([Problem(name, "", _MISSING, "file not found")]) from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise ConfigError([Problem(name, "", _MISSING, f"cannot be read: {e}")]) from None
-    try:
-        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - SafeLoader subclass
-    except RecursionError:
-        raise ConfigError([Problem(name, "", _MISSING, "broken YAML: nested too deeply")]) from None
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or str(e)
-        raise ConfigError([Problem(name, where, _MISSING, f"broken YAML: {problem}")]) from None
-    if data is None:
-        raise ConfigError([Problem(name, "", _MISSING, "the file is empty; expected a mapping")])
-    if not isinstance(data, dict):
-        raise ConfigError(
-            [Problem(name, "", type(data).__name__, "the top level must be a mapping of sections")]
-        )
-    return data
-
-
-def _merge(base: dict, over: Mapping, origin: dict, over_name: str, prefix: str = "") -> dict:
-    """Deep-merge ``over`` into a copy of ``base``; record which file supplied every key path."""
-    out = dict(base)
-    for key, value in over.items():
-        path = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
-            out[key] = _merge(out[key], value, origin, over_name, path)
-        else:
-            out[key] = value
-            for p in [p for p in origin if p == path or p.startswith((path + ".", path + "["))]:
-                del origin[p]
-            origin[path] = over_name
-    return out
-
-
-def _origins(tree: Any, name: str, prefix: str = "") -> Iterator[tuple[str, str]]:
-    if isinstance(tree, Mapping):
-        for k, v in tree.items():
-            path = f"{prefix}.{k}" if prefix else str(k)
-            yield path, name
-            yield from _origins(v, name, path)
-
-
-def _loc_to_path(loc: tuple) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        else:
-            out += f".{part}" if out else str(part)
-    return out
-
-
-def _file_for(path: str, origin: dict[str, str], fallback: str) -> str:
-    probe = path
-    while probe:
-        if probe in origin:
-            return origin[probe]
-        cut = max(probe.rfind("."), probe.rfind("["))
-        probe = probe[:cut] if cut > 0 else ""
-    return fallback
-
-
-def _allowed_text(err: dict) -> str:
-    ctx = err.get("ctx") or {}
-    kind = err["type"]
-    if kind == "extra_forbidden":
-        return "unknown key (not part of the schema; check the spelling)"
-    if kind in ("tuple_type", "list_type"):
-        return "must be a list (YAML '- item' entries)"
-    if kind == "missing":
-        return "required key is missing"
-    if kind in ("less_than_equal", "greater_than_equal", "less_than", "greater_than"):
-        bounds = {
-            "less_than_equal": "at most",
-            "less_than": "below",
-            "greater_than_equal": "at least",
-            "greater_than": "above",
-        }
-        limit = next(iter(ctx.values())) if ctx else "?"
-        return f"must be {bounds[kind]} {limit} (a ceiling in hw/config.py)"
-    if kind == "literal_error":
-        return f"must be one of {ctx['expected']}" if "expected" in ctx else err["msg"]
-    return err["msg"]
 
 
 def _cross_checks(cfg: Config) -> Iterator[tuple[str, Any, str]]:
@@ -427,11 +361,12 @@ def _cross_checks(cfg: Config) -> Iterator[tuple[str, Any, str]]:
             (f"must be below limits.max_impedance_ohm ({lim.max_impedance_ohm})"),
         )
     fe = cfg.hardware.front_end
-    if fe.dac_ua_per_code * max(fe.dac_zero_code, 4095 - fe.dac_zero_code) > CEIL_CURRENT_UA * 1.05:
+    full_ua = fe.dac_ua_per_code * max(fe.dac_zero_code, 4095 - fe.dac_zero_code)
+    if full_ua > STAGE_FULL_SCALE_UA * 1.05:
         yield (
             "hardware.front_end.dac_ua_per_code",
             fe.dac_ua_per_code,
-            (f"the DAC's full scale would exceed the {CEIL_CURRENT_UA:.0f} uA hardware ceiling"),
+            f"the DAC's full scale would exceed the {STAGE_FULL_SCALE_UA:.0f} uA hardware ceiling",
         )
     if (
         fe.adc_ua_per_code * min(fe.adc_zero_code, 4095 - fe.adc_zero_code)
@@ -553,49 +488,144 @@ def _cross_checks(cfg: Config) -> Iterator[tuple[str, Any, str]]:
             )
 
 
-def load_config(
-    site_path: str | os.PathLike | None = None,
-    default_path: str | os.PathLike | None = None,
-    *,
-    env: Mapping[str, str] | None = None,
-) -> Config:
-    """Load the defaults, merge the site file over them, and validate.
-
-    ``site_path`` falls back to the ``MCK_CONFIG`` environment variable; with neither, the defaults
-    are used alone. Raises :class:`ConfigError` listing every problem found.
-    """
-    env = os.environ if env is None else env
-    dpath = Path(default_path) if default_path else default_config_path()
-    if site_path is None and env.get("MCK_CONFIG"):
-        site_path = env["MCK_CONFIG"]
-    tree = _read_yaml(dpath)
-    origin = dict(_origins(tree, str(dpath)))
-    for path in list(origin):
-        origin[path] = str(dpath)
-    # Keys missing from the merged tree are the defaults' fault: a site file is partial by design.
-    fallback = str(dpath)
-    if site_path is not None:
-        spath = Path(site_path)
-        site = _read_yaml(spath)
-        tree = _merge(tree, site, origin, str(spath))
+def _validate(
+    tree: dict, origin: dict[str, str], fallback: Any
+) -> tuple[Config | None, list[Problem]]:
     try:
-        cfg = Config.model_validate(tree)
+        return Config.model_validate(tree), []
     except ValidationError as e:
         problems = []
         for err in e.errors(include_url=False):
             key = _loc_to_path(err["loc"])
             value = err.get("input", _MISSING) if err["type"] != "missing" else _MISSING
             problems.append(
-                Problem(_file_for(key, origin, fallback), key, value, _allowed_text(err))
+                Problem(_file_for(key, origin, fallback(key)), key, value, _allowed_text(err))
             )
-        raise ConfigError(problems) from None
+        return None, problems
+
+
+def _take_board_keys(tree: dict, name: str, why: str) -> tuple[dict, list[Problem]]:
+    """Remove the board's sections from a defaults or site tree; one problem per key found."""
+    hw = tree.get("hardware")
+    if not isinstance(hw, Mapping):
+        return tree, []
     problems = []
+    for section in [k for k in hw if k in BOARD_SECTIONS]:
+        value = hw[section]
+        if isinstance(value, Mapping) and value:
+            for key, leaf in value.items():
+                problems.append(Problem(name, f"hardware.{section}.{key}", leaf, why))
+        else:
+            problems.append(Problem(name, f"hardware.{section}", value, why))
+    kept = {k: v for k, v in hw.items() if k not in BOARD_SECTIONS}
+    return {**tree, "hardware": kept}, problems
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _direction_problems(
+    site: dict, base: dict, site_name: str, default_name: str, skip: set[str]
+) -> Iterator[Problem]:
+    """Every limit the site file moves in its unsafe direction, or changes when it is fixed."""
+    for section in _LIMIT_SECTIONS:
+        over, packaged = site, base
+        for part in section.split("."):
+            over = over.get(part) if isinstance(over, Mapping) else None
+            packaged = packaged.get(part) if isinstance(packaged, Mapping) else None
+        if not isinstance(over, Mapping) or not isinstance(packaged, Mapping):
+            continue  # a wrong type is the schema's finding
+        for key, value in over.items():
+            path = f"{section}.{key}"
+            if path in skip or key not in packaged:
+                continue  # invalid or unknown: already reported by the schema
+            was = packaged[key]
+            if not (_is_number(value) and _is_number(was)) or value == was:
+                continue
+            way = SAFER.get(path)
+            where = f"the packaged value is {was:g} ({default_name})"
+            if way is None:
+                yield Problem(
+                    site_name, path, value, f"a site file cannot change this key; {where}"
+                )
+            elif way == LOWER and value > was:
+                yield Problem(
+                    site_name, path, value, f"{where}: a site file may only lower it (safer)"
+                )
+            elif way == HIGHER and value < was:
+                yield Problem(
+                    site_name, path, value, f"{where}: a site file may only raise it (safer)"
+                )
+
+
+def load_config(
+    site_path: str | os.PathLike | None = None,
+    default_path: str | os.PathLike | None = None,
+    *,
+    env: Mapping[str, str] | None = None,
+    board_path: str | os.PathLike | None = None,
+) -> Config:
+    """Load the defaults and the board file, merge the site file over them, and validate.
+
+    ``site_path`` falls back to the ``MCK_CONFIG`` environment variable; with neither, the defaults
+    are used alone. ``board_path`` falls back to ``MCK_BOARD``, then to the packaged board file of
+    the simulated board (the daemon on real hardware passes ``hw.boardfile.board_path_for``, which
+    never falls back to the sim). Raises :class:`ConfigError` listing every problem found.
+    """
+    env = os.environ if env is None else env
+    dpath = Path(default_path) if default_path else default_config_path()
+    if site_path is None and env.get("MCK_CONFIG"):
+        site_path = env["MCK_CONFIG"]
+    bpath = Path(board_path) if board_path else boardfile.board_path_for(None, sim=True, env=env)
+    dname, bname = str(dpath), str(bpath)
+    defaults = _read_yaml(dpath)
+    board_hw = boardfile.read_board(bpath)
+    defaults, problems = _take_board_keys(
+        defaults, dname, f"describes the board: it belongs in the board file ({bname})"
+    )
+    origin = dict(_origins(defaults, dname))
+    tree = _merge(defaults, {"hardware": board_hw}, origin, bname)
+    base, base_origin = tree, dict(origin)
+
+    def fallback(key: str) -> str:
+        # Keys missing from the merged tree are the defaults' or the board file's fault: a site
+        # file is partial by design.
+        section = key.split(".")[1] if key.startswith("hardware.") else ""
+        return bname if section in boardfile.BOARD_SECTIONS else dname
+
+    site: dict | None = None
+    if site_path is not None:
+        sname = str(Path(site_path))
+        site, found = _take_board_keys(
+            _read_yaml(Path(site_path)),
+            sname,
+            f"describes the board: only the board file ({bname}), written by "
+            "`python -m hw.calibrate`, may set it; a site file cannot",
+        )
+        problems += found
+        tree = _merge(tree, site, origin, sname)
+    cfg, schema = _validate(tree, origin, fallback)
+    problems += schema
+    if site is not None:
+        # A value the site file hides may itself be broken: the defaults must hold on their own.
+        seen = {(p.file, p.key) for p in problems}
+        _, hidden = _validate(base, base_origin, fallback)
+        problems += [p for p in hidden if (p.file, p.key) not in seen]
+        bad = {p.key for p in schema} | {p.key for p in hidden}
+        problems += _direction_problems(site, base, sname, dname, bad)
+    if cfg is None:
+        raise ConfigError(problems)
+    refused = {p.key for p in problems}
     for key, value, allowed in _cross_checks(cfg):
+        if key in refused:
+            continue  # the direction refusal is the one to fix first
         # A rule that ties two keys is broken by whichever file set one of them: name the site
-        # file when it supplied any key the rule mentions (the defaults are consistent alone).
+        # (or board) file when it supplied any key the rule mentions (the defaults are
+        # consistent alone).
         related = [key, *re.findall(r"\b((?:limits|loop|hardware|programs)[\w.\[\]]*\w)", allowed)]
-        files = [_file_for(k, origin, fallback) for k in related]
-        chosen = next((f for f in files if f != str(dpath)), files[0])
+        files = [_file_for(k, origin, fallback(k)) for k in related]
+        chosen = next((f for f in files if f != dname), files[0])
         problems.append(Problem(chosen, key, value, allowed))
     if problems:
         raise ConfigError(problems)

@@ -35,6 +35,7 @@ from pathlib import Path
 
 from hw import protocol as P
 from hw.board import Board, BoardUnavailable, build_board
+from hw.boardfile import board_path_for
 from hw.clock import MonotonicClock
 from hw.config import Config, ConfigError, load_config
 from hw.engine import Engine, EngineRefused, State
@@ -604,6 +605,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hw", description="microcurrent-kiosk hw daemon")
     ap.add_argument("--config", help="site YAML merged over the packaged defaults (or MCK_CONFIG)")
     ap.add_argument("--sim", action="store_true", help="use the simulated board (desktop, tests)")
+    ap.add_argument(
+        "--board",
+        help="board file from `python -m hw.calibrate` (or MCK_BOARD; default "
+        "/etc/microcurrent-kiosk/board.yaml, with --sim the packaged simulated board)",
+    )
     ap.add_argument("--socket", default=os.environ.get("MCK_SOCKET", "/run/microcurrent/hw.sock"))
     ap.add_argument(
         "--state-dir", default=os.environ.get("MCK_STATE_DIR", "/var/lib/microcurrent-kiosk")
@@ -617,7 +623,7 @@ def main(argv: list[str] | None = None) -> int:
 
     notifier = Notifier()
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, board_path=board_path_for(args.board, sim=args.sim))
     except ConfigError as e:
         for p in e.problems:
             log.error("CONFIG %s", p)

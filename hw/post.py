@@ -8,9 +8,11 @@ the internal test load, never the electrodes. Steps:
 2. Output disabled: nothing flows; the ADC's zero offset is measured.
 3. Comparator threshold set (DAC B) and the hardware latch re-armed: it must clear.
 4. +/- check current into the test load through the relay: read back within tolerance; this gives
-   the stage's gain and offset (the calibration the loop uses).
-5. Hardware latch: threshold lowered below the test current -> the latch must trip and cut the
-   current; threshold restored and re-armed -> it must clear.
+   the stage's gain and offset (the calibration the loop uses). The independent reference: the
+   electrode voltage across the known test load must agree with the current read (V = I x R with
+   ``test_load_ohm``), so a wrong scale factor in the board file fails here.
+5. Hardware latch: a threshold 15 % above the test current must hold and 15 % below it must trip
+   and cut the current (this checks the comparator's scale); restored and re-armed -> it clears.
 6. Dead-man: kicks stop while enabled -> the relay must drop within the monostable time.
 7. DAC /SHDN line low while driving -> the current must stop (the path to zero without SPI).
 8. Relay: enable low while the DAC drives -> no current may flow (a welded relay fails here).
@@ -148,12 +150,13 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
         _enable(loop)
         loop.cal_gain, loop.cal_offset_ua = 1.0, 0.0
         yield from _kick_for(loop, operate_s + 0.001)  # the relay closes; its contacts settle
-        measured = {}
+        measured, volts = {}, {}
         for sign in (1.0, -1.0):
             want = sign * post.check_current_ua
             _set_dac(loop, loop._to_code(want))
             yield from _kick_for(loop, 0.004)
             measured[sign] = _mean_current(loop, 16)
+            volts[sign] = (_read(loop, ch.electrode_voltage, 16) - 2048) * fe.electrode_v_per_code
             yield from _kick_for(loop, 0.0005)
         _set_dac(loop, fe.dac_zero_code)
         for sign, m in measured.items():
@@ -164,6 +167,23 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
                     f"drove {want:+.0f} uA into the test load, read {m:+.1f} uA "
                     f"(tolerance {tol:.0f})"
                 )
+        # The independent reference: the test load is a known resistor, so Ohm's law gives the
+        # current from the electrode voltage (CH1 through its divider), a path that shares no scale
+        # factor with the DAC or the shunt channel. Half the +/- difference cancels CH1's offset.
+        # Tolerance: post.tolerance_pct of the current (the test resistor 1 %, the CH1 divider 1 %,
+        # CH1 quantisation 0.5 % at 200 uA into 4.7 kOhm) plus one CH1 code worth of current.
+        i_sense_ua = (measured[1.0] - measured[-1.0]) / 2
+        i_ohm_ua = (volts[1.0] - volts[-1.0]) / 2 / fe.test_load_ohm * 1e6
+        tol = (
+            abs(i_ohm_ua) * post.tolerance_pct / 100
+            + fe.electrode_v_per_code / fe.test_load_ohm * 1e6
+        )
+        if abs(i_sense_ua - i_ohm_ua) > tol:
+            raise PostFailure(
+                f"the current channel reads {i_sense_ua:.1f} uA but the test load's voltage gives "
+                f"{i_ohm_ua:.1f} uA (V = I x {fe.test_load_ohm:g} Ohm, tolerance {tol:.1f}): a "
+                "scale factor in the board file is wrong; re-run the calibration step"
+            )
         gain = (measured[1.0] - measured[-1.0]) / (2 * post.check_current_ua)
         offset_ua = (measured[1.0] + measured[-1.0]) / 2
         loop.cal_gain, loop.cal_offset_ua = gain, offset_ua
@@ -173,17 +193,31 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
             minus_ua=measured[-1.0],
             gain=gain,
             offset_ua=offset_ua,
+            ohm_ua=i_ohm_ua,
         )
 
         step = "latch_trip"
         _set_dac(loop, loop._to_code(post.check_current_ua))
         yield from _kick_for(loop, 0.002)
-        _set_threshold(loop, post.check_current_ua * 0.5)
+        # The comparator's scale against the current just proven by Ohm's law: a threshold 15 %
+        # above it must hold, 15 % below it must trip (a wrong threshold_ua_per_code fails one).
+        i_now = _mean_current(loop, 8)
+        _set_threshold(loop, abs(i_now) * 1.15)
+        yield from _kick_for(loop, 0.002)
+        if lines.latch_pin.state:
+            raise PostFailure(
+                f"the hardware latch tripped at a threshold set to {abs(i_now) * 1.15:.0f} uA "
+                f"while {abs(i_now):.0f} uA flows: threshold_ua_per_code in the board file is wrong"
+            )
+        _set_threshold(loop, abs(i_now) * 0.85)
         yield from _kick_for(loop, 0.001 + release_s)  # the latch opens the coil; contacts part
         tripped = bool(lines.latch_pin.state)
         i_after = _mean_current(loop, 4)
         if not tripped:
-            raise PostFailure("the hardware latch did not trip above its threshold")
+            raise PostFailure(
+                f"the hardware latch did not trip with {abs(i_now):.0f} uA over a threshold set to "
+                f"{abs(i_now) * 0.85:.0f} uA (dead comparator, or threshold_ua_per_code wrong)"
+            )
         if abs(i_after) > post.zero_tolerance_ua:
             raise PostFailure(f"the latch tripped but {i_after:.1f} uA still flows")
         yield from _restore_and_rearm(loop, "a trip")

@@ -248,7 +248,10 @@ setup_config() {
 # microcurrent-kiosk site configuration.
 # Merged over the packaged defaults (hw/default.yaml in the installed package): put only the
 # keys that differ on this device here. Every value is still checked against the code's
-# ceilings, and unknown keys are errors. After a change: systemctl restart microcurrent-hw
+# ceilings, and unknown keys are errors. A limit may only move in its safer direction from the
+# packaged value (lower currents, a shorter lease, ...). The board itself (pins, scale factors)
+# is in /etc/microcurrent-kiosk/board.yaml, written by `python -m hw.calibrate`, never here.
+# After a change: systemctl restart microcurrent-hw
 #
 # Example (replace the {} below with it):
 # limits:

@@ -268,3 +268,128 @@ def test_post_passes_again_once_the_fault_is_repaired(rig):
     rig.loop.start(WaveformSpec(50.0, 10.0), 40.0)
     rig.step()
     assert rig.loop.state == OutputState.RAMP_UP
+
+
+# --------------------------------------------------------------------------------------------
+# independent reference: V = I x R across the test load (issue 6, item 4)
+# --------------------------------------------------------------------------------------------
+
+
+def _board_file(tmp_path, **front_end):
+    """A board file like the simulated board's, with other front-end values and a valid checksum
+    (as a calibration step that measured wrongly would write it)."""
+    from pathlib import Path
+
+    import yaml
+
+    from hw.boardfile import sim_board_path, write_board
+
+    data = yaml.safe_load(Path(sim_board_path()).read_text(encoding="utf-8"))
+    body = {k: v for k, v in data.items() if k != "sha256"}
+    body["hardware"]["front_end"].update(front_end)
+    return write_board(tmp_path / "board.yaml", body)
+
+
+def _rig_believing(board_path):
+    """The simulated board as built (the packaged board file) under a loop that was given
+    ``board_path``: what happens when a board file does not describe its board."""
+    from hw.config import load_config
+    from hw.loop import ControlLoop, Supervisor
+    from hw.safety import Guard
+    from hw.sim.rig import SimRig
+
+    believed = load_config(env={}, board_path=board_path)  # valid: ranges, checksum, cross-checks
+    rig = SimRig()
+    rig.cfg = believed
+    rig.guard = Guard(rig.board, rig.clock)
+    rig.loop = ControlLoop(believed, rig.board, rig.clock, rig.guard)
+    rig.supervisor = Supervisor(rig.loop, rig.clock)
+    return rig
+
+
+def _failed_post(tmp_path, **front_end):
+    rig = _rig_believing(_board_file(tmp_path, **front_end))
+    try:
+        result = rig.post()
+        assert result is not None
+        assert not result["passed"], f"POST passed with wrong scale factors {front_end}"
+        assert not rig.guard.post_valid
+        assert rig.guard.fault is not None and rig.guard.fault.code == Fault.POST_FAILED
+        assert_post_left_it_safe(rig)
+        return result
+    finally:
+        rig.close()
+
+
+def test_post_fails_with_the_scale_factors_of_item_4(tmp_path):
+    """On fc60cf5 these three scale factors (1.63x off the board as built, consistent with each
+    other) passed POST, and 652 uA flowed for a displayed 402 uA. The current channel agrees with
+    the DAC, but not with Ohm's law across the test load."""
+    result = _failed_post(
+        tmp_path, dac_ua_per_code=0.3, adc_ua_per_code=0.375, threshold_ua_per_code=0.18
+    )
+    assert result["failed_step"] == "calibration"
+    assert "test load's voltage" in result["reason"] and "V = I x 4700 Ohm" in result["reason"]
+
+
+@pytest.mark.parametrize("factor", [0.65, 0.8, 0.9])
+def test_post_fails_when_dac_and_adc_scales_are_wrong_together(tmp_path, factor):
+    fe = {"dac_ua_per_code": 0.48828125 * factor, "adc_ua_per_code": 0.6103515625 * factor}
+    result = _failed_post(tmp_path, **fe)
+    assert result["failed_step"] == "calibration"
+    assert "test load's voltage" in result["reason"]
+
+
+@pytest.mark.parametrize(
+    ("factor", "words"), [(0.6, "did not trip"), (1.5, "tripped at a threshold")]
+)
+def test_post_fails_when_the_comparator_scale_is_wrong(tmp_path, factor, words):
+    """A threshold scale 40 % low or 50 % high put the comparator at 933 / 373 uA for 560;
+    fc60cf5's latch test (half the check current) passed both."""
+    result = _failed_post(tmp_path, threshold_ua_per_code=0.29296875 * factor)
+    assert result["failed_step"] == "latch_trip"
+    assert words in result["reason"] and "threshold" in result["reason"]
+
+
+def test_post_fails_when_the_electrode_voltage_scale_is_wrong(tmp_path):
+    result = _failed_post(tmp_path, electrode_v_per_code=0.009765625 * 1.2)
+    assert result["failed_step"] == "calibration"
+
+
+def test_post_fails_when_the_test_load_value_is_wrong(tmp_path):
+    result = _failed_post(tmp_path, test_load_ohm=4700 * 0.8)
+    assert result["failed_step"] == "calibration"
+
+
+def test_post_passes_with_a_correct_board_file_and_reports_the_reference(tmp_path):
+    rig = _rig_believing(_board_file(tmp_path))
+    try:
+        result = rig.post()
+        assert result["passed"], result
+        cal = next(s for s in result["steps"] if s["step"] == "calibration")
+        sense = (cal["plus_ua"] - cal["minus_ua"]) / 2
+        # Ohm's law and the current channel agree closely on a healthy board.
+        assert cal["ohm_ua"] == pytest.approx(sense, rel=0.01)
+        assert rig.sim.plant.test_load.rs_ohm == 4700
+    finally:
+        rig.close()
+
+
+def test_post_passes_with_the_board_file_the_calibration_step_measured(tmp_path):
+    """The sim measured through its test load: the stage's 3 % gain is in dac_ua_per_code, so the
+    self-test's own calibration finds a gain of ~1."""
+    from hw.calibrate import main as calibrate
+
+    out = tmp_path / "measured.yaml"
+    assert calibrate(["measure", "--sim", "--out", str(out), "--board-id", "sim-m"]) == 0
+    rig = _rig_believing(out)
+    try:
+        fe = rig.cfg.hardware.front_end
+        plant = rig.sim.plant
+        assert fe.dac_ua_per_code == pytest.approx(0.48828125 * plant.stage_gain, rel=0.005)
+        assert fe.adc_ua_per_code == pytest.approx(0.6103515625, rel=0.005)
+        assert fe.threshold_ua_per_code == pytest.approx(0.29296875, rel=0.01)
+        assert rig.post()["passed"]
+        assert rig.loop.cal_gain == pytest.approx(1.0, abs=0.01)
+    finally:
+        rig.close()
