@@ -318,7 +318,7 @@ class Daemon:
         if any(t.done() for t in self.service_tasks.values()):
             return False
         beat = self.loop.service_beat_s
-        return beat is not None and self.clock.now() - beat <= self.loop._beat_max_s
+        return beat is not None and self.clock.now() - beat <= self.loop.service_beat_max_s
 
     @service_task("status")
     async def _status_task(self) -> None:

@@ -134,7 +134,7 @@ class ControlLoop:
         self._lease_s = lim.lease_ms / 1000.0
         # The engine's heartbeat bound (never above the lease). None until the first beat: a loop
         # with no service above it (bench, POST tests) is not supervised this way.
-        self._beat_max_s = min(cfg.loop.service_heartbeat_ms / 1000.0, self._lease_s)
+        self.service_beat_max_s = min(cfg.loop.service_heartbeat_ms / 1000.0, self._lease_s)
         self.service_beat_s: float | None = None
         self._slew_up = lim.max_current_ua / lim.ramp_up_s  # uA per second
         self._probe_ua = lim.probe_current_ua
@@ -508,7 +508,7 @@ class ControlLoop:
             beat = self.service_beat_s
             if (
                 beat is not None
-                and now - beat > self._beat_max_s
+                and now - beat > self.service_beat_max_s
                 and state != OutputState.RAMP_DOWN
             ):
                 g.trip(Fault.INTERNAL, f"service heartbeat lost ({(now - beat) * 1000:.0f} ms)")

@@ -1103,7 +1103,7 @@ def test_the_heartbeat_bound_never_exceeds_the_lease(make_kiosk):
     lim = cfg.limits.model_copy(update={"lease_ms": 100.0})
     k = make_kiosk(cfg.model_copy(update={"limits": lim}))
     assert cfg.loop.service_heartbeat_ms > 100.0
-    assert k.loop._beat_max_s == pytest.approx(0.1)
+    assert k.loop.service_beat_max_s == pytest.approx(0.1)
 
 
 def test_a_live_engine_keeps_the_output_on_and_a_ramp_down_needs_no_beat(make_kiosk):
