@@ -189,6 +189,9 @@ class Loop(_Strict):
     supervisor_period_ms: float = _rng(0.5, 5.0)
     realtime_priority: int = _rng(0, 99)
     adc_stale_ms: float = _rng(1.0, 50.0)
+    # The engine must beat within this while output is on, or the loop trips (<= the lease in
+    # effect; 500 ms is the code ceiling, 60 ms = three service periods the floor).
+    service_heartbeat_ms: float = _rng(60.0, 500.0)
 
 
 class SpiDevice(_Strict):

@@ -22,7 +22,9 @@ import asyncio
 import collections
 import concurrent.futures
 import datetime as _dt
+import functools
 import io
+import itertools
 import logging
 import os
 import queue
@@ -52,12 +54,19 @@ CLIENT_BUFFER_DROP = 2 * 1024 * 1024  # above this it is disconnected
 
 
 # --------------------------------------------------------------------------------- history worker
+URGENT, BULK = 0, 1  # history work order: the engine's records before any reader's query
+
+
 class HistoryWorker:
-    """Owns the History on one thread; the service thread never waits on the disk for writes."""
+    """Owns the History on one thread; the service thread never waits on the disk.
+
+    Work runs in order of priority, then of arrival: the engine's calls (``urgent=True``) go
+    ahead of queued bulk reads (history, export), so a start is not stuck behind a flood."""
 
     def __init__(self, path: Path):
         self.path = path
-        self._q: queue.Queue = queue.Queue()
+        self._q: queue.PriorityQueue = queue.PriorityQueue()
+        self._seq = itertools.count()
         self._thread = threading.Thread(target=self._run, name="history", daemon=True)
         self.history: History | None = None
         self._ready = concurrent.futures.Future()
@@ -76,7 +85,7 @@ class HistoryWorker:
             self._ready.set_exception(e)
             return
         while True:
-            item = self._q.get()
+            _, _, item = self._q.get()
             if item is None:
                 break
             fn, fut = item
@@ -91,36 +100,38 @@ class HistoryWorker:
                     fut.set_exception(e)
         h.close()
 
-    def submit(self, fn) -> concurrent.futures.Future:
+    def _put(self, urgent: bool, item) -> None:
+        self._q.put((URGENT if urgent else BULK, next(self._seq), item))
+
+    def submit(self, fn, *, urgent: bool = False) -> concurrent.futures.Future:
         fut: concurrent.futures.Future = concurrent.futures.Future()
-        self._q.put((fn, fut))
+        self._put(urgent, (fn, fut))
         return fut
 
-    def post(self, fn) -> None:
-        self._q.put((fn, None))
+    def post(self, fn, *, urgent: bool = False) -> None:
+        self._put(urgent, (fn, None))
 
     def call(self, fn, timeout: float = 5.0):
-        return self.submit(fn).result(timeout=timeout)
+        return self.submit(fn, urgent=True).result(timeout=timeout)
 
     def stop(self) -> None:
         if self._thread.is_alive():
-            self._q.put(None)
+            # After the engine's records already queued; bulk reads still queued are dropped.
+            self._q.put((URGENT, next(self._seq), None))
             self._thread.join(10)
 
 
 class HistoryRecorder:
-    """The engine's Recorder, backed by the history worker."""
+    """The engine's Recorder, backed by the history worker. Never blocks: every call returns a
+    future (urgent work for the worker) that the engine polls; a failure is the engine's to
+    act on (it refuses the start or stops the treatment), never assumed away here."""
 
     def __init__(self, worker: HistoryWorker, today=_dt.date.today):
         self.w = worker
         self.today = today
 
-    def begin(self, program_id: str, program_name: str) -> int | None:
-        try:
-            return self.w.call(lambda h: h.begin_treatment(program_id, program_name))
-        except Exception as e:  # noqa: BLE001 - a treatment is never blocked by the record
-            log.error("history: cannot begin a treatment record: %s", e)
-            return None
+    def begin(self, program_id: str, program_name: str) -> concurrent.futures.Future:
+        return self.w.submit(lambda h: h.begin_treatment(program_id, program_name), urgent=True)
 
     @staticmethod
     def _summaries(summary: dict, zones: dict):
@@ -128,25 +139,60 @@ class HistoryRecorder:
         z = [ZoneSummary(zone=name, **fig) for name, fig in zones.items()]
         return s, z
 
-    def checkpoint(self, treatment_id: int, summary: dict, zones: dict) -> None:
-        s, z = self._summaries(summary, zones)
-        self.w.post(lambda h: h.checkpoint_treatment(treatment_id, s, z))
+    def _write(self, fn) -> concurrent.futures.Future:
+        try:
+            return self.w.submit(fn(), urgent=True)
+        except Exception as e:  # noqa: BLE001 - figures the history cannot take: a failed write
+            fut: concurrent.futures.Future = concurrent.futures.Future()
+            fut.set_exception(e)
+            return fut
 
-    def finish(self, treatment_id, reason, summary, zones, fault_code) -> None:
-        s, z = self._summaries(summary, zones)
-        self.w.post(lambda h: h.finish_treatment(treatment_id, reason, s, z, fault_code))
+    def checkpoint(self, treatment_id: int, summary: dict, zones: dict):
+        def job():
+            s, z = self._summaries(summary, zones)
+            return lambda h: h.checkpoint_treatment(treatment_id, s, z)
+
+        return self._write(job)
+
+    def finish(self, treatment_id, reason, summary, zones, fault_code):
+        def job():
+            s, z = self._summaries(summary, zones)
+            return lambda h: h.finish_treatment(treatment_id, reason, s, z, fault_code)
+
+        return self._write(job)
 
     def event(self, kind: str, code: str, message: str, treatment_id=None) -> None:
         code = code or "NONE"
         message = message.strip() or kind
-        self.w.post(lambda h: h.record_event(kind, code, message, treatment_id))
+        self.w.post(lambda h: h.record_event(kind, code, message, treatment_id), urgent=True)
 
-    def active_s_today(self) -> float:
-        try:
-            return self.w.call(lambda h: h.active_s_on(self.today()))
-        except Exception as e:  # noqa: BLE001
-            log.error("history: cannot read today's treatment time (%s); assuming none", e)
-            return 0.0
+    def active_s_today(self) -> concurrent.futures.Future:
+        day = self.today()
+        return self.w.submit(lambda h: h.active_s_on(day), urgent=True)
+
+
+# --------------------------------------------------------------------------------- supervision
+def service_task(name: str):
+    """Supervise a long-lived service coroutine (a Daemon method): if it raises or returns, the
+    guard trips INTERNAL, the traceback is logged, the fault is recorded and the systemd watchdog
+    pings stop (the unit restarts the daemon; output starts off and latched)."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        async def run(self: Daemon) -> None:
+            self.service_tasks[name] = asyncio.current_task()
+            try:
+                await fn(self)
+            except asyncio.CancelledError:
+                raise
+            except BaseException as e:  # noqa: BLE001 - every failure ends in the same trip
+                self._service_failed(name, e)
+            else:
+                self._service_failed(name, None)
+
+        return run
+
+    return wrap
 
 
 # --------------------------------------------------------------------------------- clients
@@ -205,6 +251,8 @@ class Daemon:
         self.engine = Engine(cfg, self.loop, self.recorder, clock.now, today=today, emit=self._emit)
         self.clients: set[Client] = set()
         self.lease_holder: Client | None = None
+        self.service_tasks: dict[str, asyncio.Task] = {}  # long-lived tasks under supervision
+        self.service_failure: str | None = None  # set once one failed: no more watchdog pings
         self._aio: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         # (bench) monotonic times at which the loop applied level changes
@@ -255,6 +303,25 @@ class Daemon:
         s["lease_holder"] = self.lease_holder.name if self.lease_holder else None
         return s
 
+    def _service_failed(self, name: str, e: BaseException | None) -> None:
+        why = f"service task {name} " + (f"failed: {type(e).__name__}: {e}" if e else "ended")
+        if self.service_failure is None:
+            self.service_failure = why
+        log.error("INTERNAL %s; output cut, watchdog pings stop", why, exc_info=e)
+        self.guard.trip(Fault.INTERNAL, why)
+        tr = self.engine.treatment
+        self.recorder.event("fault", str(Fault.INTERNAL), why, tr.treatment_id if tr else None)
+
+    def services_alive(self) -> bool:
+        """Every supervised task runs and the engine beat within its bound."""
+        if self.service_failure is not None:
+            return False
+        if any(t.done() for t in self.service_tasks.values()):
+            return False
+        beat = self.loop.service_beat_s
+        return beat is not None and self.clock.now() - beat <= self.loop.service_beat_max_s
+
+    @service_task("status")
     async def _status_task(self) -> None:
         last_state = None
         while True:
@@ -269,6 +336,7 @@ class Daemon:
                 self.notifier.status(summary)
                 last_state = summary
 
+    @service_task("engine")
     async def _engine_task(self) -> None:
         while True:
             await asyncio.sleep(ENGINE_PERIOD_S)
@@ -276,12 +344,14 @@ class Daemon:
             if self.lease_holder is not None and self.engine.state not in _LEASED:
                 self.lease_holder = None
 
+    @service_task("watchdog")
     async def _watchdog_task(self) -> None:
         period = (self.notifier.watchdog_s or 2.0) / 2.0
         while True:
             await asyncio.sleep(min(period, 0.5))
-            # Ping only while the loop ticks, the ADC answers and the supervisor runs.
-            if self.supervisor.healthy():
+            # Ping only while the loop ticks, the ADC answers, the supervisor runs, the engine
+            # beats and every service task is alive.
+            if self.supervisor.healthy() and self.services_alive():
                 self.notifier.watchdog()
 
     # ---------------------------------------------------------------- socket
@@ -364,6 +434,8 @@ class Daemon:
                 e = f.exception()
                 if e is None:
                     client.send(P.reply_ok(req.id, f.result()))
+                elif isinstance(e, (EngineRefused, CommandRefused)):  # a deferred start's refusal
+                    client.send(P.reply_error(req.id, P.REFUSED, str(e)))
                 elif isinstance(e, LookupError):
                     client.send(P.reply_error(req.id, P.NOT_FOUND, str(e).strip("'\"")))
                 else:
@@ -407,9 +479,9 @@ class Daemon:
             if holder is not None and holder is not client and eng.state in _LEASED:
                 raise P.ProtocolError(P.LEASE_HELD, f"{holder.name} controls the treatment")
             if cmd == "start":
-                eng.start(a["program"], a.get("level"))
+                ticket = eng.start(a["program"], a.get("level"))
                 self.lease_holder = client
-                return {"state": str(eng.state)}
+                return self._start_reply(ticket)
             if cmd == "set_level":
                 level = eng.set_level(a["level"])
             elif cmd == "level_up":
@@ -421,6 +493,9 @@ class Daemon:
                 return {"state": str(eng.state)}
             else:  # resume
                 eng.resume()
+                # No output without a holder: a resume after the holder left takes the lease
+                # (the loop armed a fresh deadline with the start; this client renews it).
+                self.lease_holder = client
                 return {"state": str(eng.state)}
             self._track_apply(t_rx)
             return {"level": level}
@@ -445,6 +520,26 @@ class Daemon:
             eng.self_test()
             return {"state": str(eng.state)}
         return self._history_command(cmd, a)
+
+    def _start_reply(self, ticket: concurrent.futures.Future):
+        """The reply to ``start``: when the history answered and the output was asked for (or the
+        self-test began), or a REFUSED error when the start could not be recorded."""
+        if ticket.done():
+            return {"state": ticket.result()}
+        out = self._aio.create_future()
+
+        def settle(t: concurrent.futures.Future) -> None:
+            if out.done():
+                return
+            e = t.exception()
+            if e is None:
+                out.set_result({"state": t.result()})
+            else:
+                out.set_exception(e)
+
+        # The engine settles it on this (the service) thread, inside its tick.
+        ticket.add_done_callback(settle)
+        return out
 
     def _track_apply(self, t_rx: float) -> None:
         # For the bench: when does the loop act on a level change? It applies queued commands at
@@ -554,6 +649,7 @@ class Daemon:
 
 _LEASED = frozenset(
     {
+        State.STARTING,
         State.CONTACT_CHECK,
         State.RAMP_UP,
         State.RUNNING,

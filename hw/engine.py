@@ -3,6 +3,8 @@
 States and what moves between them (every other transition is refused)::
 
     idle --self_test--> self_test --pass--> ready --start--> contact_check
+    idle/ready/finished --start--> starting --history answered--> contact_check (or self_test)
+    starting --history failed, timeout, stop--> back where it came from (nothing switched on)
     contact_check --contact good 0.5 s--> ramp_up --level reached--> running
     running --level change--> ramp_up
     running/ramp_up --lift-off--> contact_check --skin again--> ramp_up
@@ -15,12 +17,22 @@ The engine runs on the daemon's service thread (not the control loop's). It only
 for things (start, set_target, stop, ...); every limit is still enforced by the loop and the guard.
 Every treatment starts at level 1 and ramps; a step never exceeds its cap; timers run only while
 current flows; a relocate cue sounds every ``relocate_cue_s`` of treatment time.
+
+Fail closed: the recorder answers through futures (the history worker; the service thread never
+waits on the disk). A start reads today's used time and begins the record first; only when both
+answered OK is the loop asked for output ("starting" waits at most ``START_TIMEOUT_S``). A
+checkpoint or finish that fails (or does not answer within ``CHECKPOINT_S``) stops the treatment
+with a ``record_failed`` event. Every ``tick()`` that returns beats the loop's service heartbeat:
+an engine that raises or hangs lets the loop trip INTERNAL.
 """
 
 from __future__ import annotations
 
+import collections
 import datetime as _dt
+import logging
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Protocol
@@ -31,9 +43,12 @@ from hw.loop import CommandRefused, ControlLoop, OutputState
 from hw.safety import Fault
 from hw.waveform import WaveformSpec
 
+log = logging.getLogger("hw")
+
 
 class State(StrEnum):
     IDLE = "idle"
+    STARTING = "starting"
     SELF_TEST = "self_test"
     READY = "ready"
     CONTACT_CHECK = "contact_check"
@@ -48,25 +63,39 @@ class State(StrEnum):
 TREATING = frozenset({State.CONTACT_CHECK, State.RAMP_UP, State.RUNNING, State.PAUSED})
 CONTACT_CONFIRM_S = 0.5
 CUE_BEEP_S = 0.08
-CHECKPOINT_S = 5.0
+CHECKPOINT_S = 5.0  # also how long a record write may stay unanswered before the treatment stops
+START_TIMEOUT_S = 2.0  # how long a start waits for each history answer before it is refused
+OUTPUT_MARGIN_S = 5.0  # the loop's own bound: the program's remaining length plus this
+TRANSITIONS_KEPT = 1000
+_ZERO_SUMMARY = {
+    "active_s": 0.0,
+    "charge_uc": 0.0,
+    "net_dc_charge_uc": 0.0,
+    "mean_current_ua": 0.0,
+    "peak_current_ua": 0.0,
+    "contact_quality_pct": 0.0,
+}
 
 
 class Recorder(Protocol):
-    """Where the engine records (the daemon's history worker; a fake in tests)."""
+    """Where the engine records (the daemon's history worker; a fake in tests).
 
-    def begin(self, program_id: str, program_name: str) -> int | None: ...
+    Every call returns at once; the answers come back as futures the engine polls on its tick.
+    """
 
-    def checkpoint(self, treatment_id: int, summary: dict, zones: dict) -> None: ...
+    def begin(self, program_id: str, program_name: str) -> Future[int]: ...
+
+    def checkpoint(self, treatment_id: int, summary: dict, zones: dict) -> Future[None]: ...
 
     def finish(
         self, treatment_id: int, reason: str, summary: dict, zones: dict, fault_code: str | None
-    ) -> None: ...
+    ) -> Future[None]: ...
 
     def event(
         self, kind: str, code: str, message: str, treatment_id: int | None = None
     ) -> None: ...
 
-    def active_s_today(self) -> float: ...
+    def active_s_today(self) -> Future[float]: ...
 
 
 @dataclass
@@ -103,6 +132,7 @@ class Treatment:
     zones: dict[str, ZoneDose] = field(default_factory=dict)
     last_checkpoint_s: float = 0.0
     end_reason: str = "finished"
+    end_code: str | None = None  # a fault code of the engine's own (RECORD_FAILED)
 
     @property
     def step(self) -> Step:
@@ -116,6 +146,29 @@ class Treatment:
 
 class EngineRefused(Exception):
     """A request the engine cannot carry out now (the message says why)."""
+
+
+@dataclass
+class _Start:
+    """A start waiting for the history: today's used time first, then the new record's id."""
+
+    program: Program
+    level: int
+    back: State  # where a refused start returns to
+    ticket: Future  # -> the state the start reached, or EngineRefused
+    deadline_s: float
+    used: Future | None = None
+    record: Future | None = None
+    daily_left_s: float = 0.0
+
+
+@dataclass
+class _Write:
+    what: str  # "checkpoint" or "finish"
+    treatment_id: int
+    fut: Future
+    deadline_s: float
+    active_s: float  # the treatment's output time when it was asked
 
 
 class Engine:
@@ -139,14 +192,23 @@ class Engine:
         self.treatment: Treatment | None = None
         self.last_summary: dict | None = None
         self.post_day: _dt.date | None = None
-        self._pending_start: tuple[str, int] | None = None
+        self._starting: _Start | None = None
+        self._writes: list[_Write] = []
+        self._orphans: list[Future] = []  # begun records whose start was given up
+        self._unrecorded_s: dict[_dt.date, float] = {}  # output time history failed to store
         self._last_t = clock()
         self._last_snap = None
         self._beep_off_at: float | None = None
         self._events_seen = 0
-        self.transitions: list[tuple[State, State]] = []
+        self.transitions: collections.deque[tuple[State, State]] = collections.deque(
+            maxlen=TRANSITIONS_KEPT
+        )
         loop.add_event_listener(self._loop_event)
-        self._loop_events: list[tuple[float, str, dict]] = []
+        self._loop_events: collections.deque[tuple[float, str, dict]] = collections.deque(
+            maxlen=1000
+        )
+        # From now on the loop expects this engine's heartbeat while output is on.
+        loop.service_beat()
 
     # ------------------------------------------------------------------ helpers
     def _go(self, new: State) -> None:
@@ -156,7 +218,7 @@ class Engine:
             self.emit("state", {"from": str(old), "to": str(new)})
 
     def _loop_event(self, t: float, kind: str, data: dict) -> None:
-        # Called on the loop thread: only queue (list.append is atomic).
+        # Called on the loop thread: only queue (deque.append is atomic).
         self._loop_events.append((t, kind, data))
 
     def _ua(self, level: int, step: Step) -> float:
@@ -179,7 +241,11 @@ class Engine:
             raise EngineRefused(str(e)) from None
         self._go(State.SELF_TEST)
 
-    def start(self, program_id: str, level: int | None = None) -> None:
+    def start(self, program_id: str, level: int | None = None) -> Future:
+        """Ask for a treatment. Returns a future: the state it reached (``contact_check``, or
+        ``self_test`` when one runs first), or EngineRefused. Raises EngineRefused when the answer
+        is known at once (then nothing changed). Output comes on only after the history answered
+        today's used time and began the record."""
         if self.state not in (State.IDLE, State.READY, State.FINISHED):
             raise EngineRefused(f"a treatment cannot start now (the device is {self.state})")
         try:
@@ -189,36 +255,115 @@ class Engine:
         level = 1 if level is None else level
         if not 1 <= level <= self.cfg.limits.level_count:
             raise EngineRefused(f"level must be 1..{self.cfg.limits.level_count}")
-        used = self.recorder.active_s_today()
-        left = self.cfg.limits.daily_max_s - used
-        if left < 10.0:
-            raise EngineRefused(
-                f"today's treatment time ({self.cfg.limits.daily_max_s / 60:.0f} min) is used up"
-            )
-        if self._post_needed():
-            # The first treatment of a day, and any after a fault, is preceded by a self-test.
-            try:
-                self.loop.run_post()
-            except CommandRefused as e:
-                raise EngineRefused(str(e)) from None
-            self._pending_start = (program_id, level)
-            self._go(State.SELF_TEST)
-            return
-        self._begin(program, level, left)
+        st = _Start(program, level, self.state, Future(), self.clock() + START_TIMEOUT_S)
+        st.used = self.recorder.active_s_today()
+        self._starting = st
+        self._advance_start()
+        if st.ticket.done() and st.ticket.exception() is not None:
+            raise st.ticket.exception()
+        return st.ticket
 
-    def _begin(self, program: Program, level: int, daily_left_s: float) -> None:
+    def _advance_start(self) -> None:
+        """Move a waiting start on as far as the history's answers allow (never blocks)."""
+        st = self._starting
+        if st is None:
+            return
+        now = self.clock()
+        if st.used is not None:
+            if not st.used.done():
+                if now > st.deadline_s:
+                    return self._refuse_start(
+                        "the history did not answer in time; today's treatment time is unknown"
+                    )
+                return self._go(State.STARTING)
+            e = st.used.exception()
+            if e is not None:
+                return self._refuse_start(
+                    f"cannot read today's treatment time ({type(e).__name__}: {e}); "
+                    "no treatment without it"
+                )
+            used = float(st.used.result()) + self._unrecorded_s.get(self.today(), 0.0)
+            st.used = None
+            left = self.cfg.limits.daily_max_s - used
+            if not left >= 10.0:  # NaN refuses too
+                return self._refuse_start(
+                    f"today's treatment time ({self.cfg.limits.daily_max_s / 60:.0f} min)"
+                    " is used up"
+                )
+            st.daily_left_s = left
+            if self._post_needed():
+                # The first treatment of a day, and any after a fault, is preceded by a self-test.
+                try:
+                    self.loop.run_post()
+                except CommandRefused as e:
+                    return self._refuse_start(str(e))
+                st.back = State.READY
+                self._go(State.SELF_TEST)
+                if not st.ticket.done():
+                    st.ticket.set_result(str(State.SELF_TEST))
+                return
+        if self.state == State.SELF_TEST:
+            return  # the record is begun once the self-test passed
+        if st.record is None:
+            blocker = self.loop.start_blocker()
+            if blocker:
+                return self._refuse_start(blocker)
+            st.deadline_s = now + START_TIMEOUT_S
+            st.record = self.recorder.begin(st.program.id, st.program.name)
+        if not st.record.done():
+            if now > st.deadline_s:
+                return self._refuse_start(
+                    "the history did not answer in time; the treatment cannot be recorded"
+                )
+            return self._go(State.STARTING)
+        e = st.record.exception()
+        if e is not None:
+            return self._refuse_start(
+                f"the treatment cannot be recorded ({type(e).__name__}: {e});"
+                " nothing was switched on"
+            )
+        tid = st.record.result()
+        if isinstance(tid, bool) or not isinstance(tid, int):
+            return self._refuse_start(
+                f"the history gave no record id ({tid!r}); nothing switched on"
+            )
+        try:
+            self._begin(st.program, st.level, st.daily_left_s, tid)
+        except (EngineRefused, CommandRefused) as e:
+            return self._refuse_start(str(e))
+        self._starting = None
+        if not st.ticket.done():
+            st.ticket.set_result(str(self.state))
+
+    def _refuse_start(self, reason: str, *, back: bool = True) -> None:
+        st, self._starting = self._starting, None
+        if st is None:
+            return
+        if st.record is not None:
+            self._orphans.append(st.record)  # a record begun for nothing is closed when it answers
+        if back and self.state == State.STARTING:
+            self._go(st.back)  # (a self-test under way ends by itself)
+        if not st.ticket.done():
+            st.ticket.set_exception(EngineRefused(reason))
+        else:
+            self.emit("start_refused", {"reason": reason})
+
+    def _begin(self, program: Program, level: int, daily_left_s: float, tid: int) -> None:
         step = program.steps[0]
         blocker = self.loop.start_blocker()
         if blocker:
             raise EngineRefused(blocker)
         max_active = min(self.cfg.limits.max_output_s, daily_left_s)
+        program_s = sum(s.duration_s for s in program.steps)
         # Every treatment starts at level 1; the asked level is reached after contact is found.
+        # The loop's own bound is this treatment's length, not only the 30-minute backstop.
         self.loop.start(
             self._spec(step),
             self._ua(1, step),
-            max_output_s=min(self.cfg.limits.max_output_s, max_active + 5.0),
+            max_output_s=min(
+                self.cfg.limits.max_output_s, min(max_active, program_s) + OUTPUT_MARGIN_S
+            ),
         )
-        tid = self.recorder.begin(program.id, program.name)
         self.treatment = Treatment(program, level, max_active, tid)
         self.treatment.next_cue_s = step.relocate_cue_s or float("inf")
         self.last_summary = None
@@ -227,8 +372,8 @@ class Engine:
         self.emit("treatment_started", {"program": program.id, "treatment_id": tid})
 
     def cancel_pending_start(self) -> None:
-        """The client that asked for a start is gone: don't start when the self-test ends."""
-        self._pending_start = None
+        """The client that asked for a start is gone: don't start (nor wait for the history)."""
+        self._refuse_start("the client that asked for the start is gone")
 
     def set_level(self, level: int) -> int:
         tr = self._need_treatment()
@@ -266,16 +411,20 @@ class Engine:
         blocker = self.loop.start_blocker()
         if blocker:
             raise EngineRefused(blocker)
-        left = tr.max_active_s - tr.active_s
+        used = max(tr.active_s, sum(z.active_s for z in tr.zones.values()))
+        left = min(tr.max_active_s - used, tr.total_left_s)
         self.loop.start(
             self._spec(tr.step),
             self._ua(tr.level, tr.step),
-            max_output_s=min(self.cfg.limits.max_output_s, left + 5.0),
+            max_output_s=min(self.cfg.limits.max_output_s, max(0.0, left) + OUTPUT_MARGIN_S),
         )
         tr.started_ramp = True
         self._go(State.RAMP_UP)
 
     def stop(self, reason: str = "stopped") -> None:
+        if self.state == State.STARTING:
+            self._refuse_start("stopped before the output came on")
+            return
         tr = self.treatment
         if self.state not in TREATING or tr is None:
             raise EngineRefused(f"no treatment to stop (the device is {self.state})")
@@ -308,13 +457,19 @@ class Engine:
 
     # ------------------------------------------------------------------ the tick
     def tick(self) -> None:
-        """Advance timers and states. Called at ~50 Hz on the service thread."""
+        """Advance timers and states. Called at ~50 Hz on the service thread. Only a tick that
+        returns beats the loop's heartbeat: one that raises lets the loop cut the output."""
+        self._tick()
+        self.loop.service_beat()
+
+    def _tick(self) -> None:
         now = self.clock()
         dt = max(0.0, now - self._last_t)
         self._last_t = now
         loop = self.loop
+        self._check_writes(now)
         while self._loop_events:
-            t, kind, data = self._loop_events.pop(0)
+            t, kind, data = self._loop_events.popleft()
             if kind in ("contact_lost", "contact_restored"):
                 self.emit(kind, data)
             elif kind == "post":
@@ -339,7 +494,9 @@ class Engine:
                 fault = loop.guard.fault
                 code = fault.code if fault else None
                 self._end_treatment("estop" if code == Fault.ESTOP else "fault", fault)
-                self._pending_start = None
+                self._refuse_start(
+                    f"a fault is latched ({code or 'being cut'}); acknowledge it first", back=False
+                )
                 self._go(State.FAULT)
             return
         if self.state == State.FAULT:
@@ -349,14 +506,10 @@ class Engine:
                 if loop.post_result["passed"]:
                     self.post_day = self.today()
                     self._go(State.READY)
-                    if self._pending_start:
-                        pid, level = self._pending_start
-                        self._pending_start = None
-                        try:
-                            left = self.cfg.limits.daily_max_s - self.recorder.active_s_today()
-                            self._begin(self.cfg.program(pid), level, left)
-                        except (EngineRefused, CommandRefused) as e:
-                            self.emit("start_refused", {"reason": str(e)})
+                    self._advance_start()  # a start that waited for the self-test
+            return
+        if self.state == State.STARTING:
+            self._advance_start()
             return
         if self.state == State.IDLE and loop.guard.post_valid and self.post_day == self.today():
             self._go(State.READY)
@@ -438,9 +591,55 @@ class Engine:
         if snap.state in (OutputState.ON, OutputState.RAMP_UP):
             z.quality_sum += snap.contact_quality_pct
             z.quality_n += 1
-        if tr.treatment_id is not None and self.clock() - tr.last_checkpoint_s >= CHECKPOINT_S:
-            tr.last_checkpoint_s = self.clock()
-            self.recorder.checkpoint(tr.treatment_id, self.summary(), self._zones(tr))
+        now = self.clock()
+        if tr.treatment_id is not None and now - tr.last_checkpoint_s >= CHECKPOINT_S:
+            tr.last_checkpoint_s = now
+            fut = self.recorder.checkpoint(tr.treatment_id, self.summary(), self._zones(tr))
+            self._writes.append(
+                _Write("checkpoint", tr.treatment_id, fut, now + CHECKPOINT_S, z_total(tr))
+            )
+
+    def _check_writes(self, now: float) -> None:
+        """Every record write must answer OK within CHECKPOINT_S; else the treatment stops."""
+        keep = []
+        for w in self._writes:
+            if w.fut.done():
+                e = w.fut.exception()
+                if e is not None:
+                    self._record_failed(w, f"{type(e).__name__}: {e}")
+            elif now > w.deadline_s:
+                self._record_failed(w, f"no answer within {CHECKPOINT_S:.0f} s")
+            else:
+                keep.append(w)
+        self._writes = keep
+        if self._orphans:
+            left = []
+            for fut in self._orphans:
+                if not fut.done():
+                    left.append(fut)
+                elif fut.exception() is None:  # begun, never used: close it at zero
+                    self.recorder.finish(fut.result(), "stopped", dict(_ZERO_SUMMARY), {}, None)
+            self._orphans = left
+
+    def _record_failed(self, w: _Write, why: str) -> None:
+        msg = f"the {w.what} of treatment {w.treatment_id} could not be recorded ({why})"
+        log.error("RECORD_FAILED %s", msg)
+        tr = self.treatment
+        if w.what == "finish":
+            # Not stored: count it against today's limit anyway (the history has not got it).
+            day = self.today()
+            self._unrecorded_s[day] = self._unrecorded_s.get(day, 0.0) + w.active_s
+        stopping = tr is not None and tr.treatment_id == w.treatment_id and self.state in TREATING
+        self.emit(
+            "record_failed",
+            {"what": w.what, "treatment_id": w.treatment_id, "reason": why, "stopping": stopping},
+        )
+        self.recorder.event("record", "RECORD_FAILED", msg, w.treatment_id)
+        if stopping:
+            # A treatment that cannot be recorded is not counted against the daily limit: end it.
+            tr.end_reason, tr.end_code = "fault", "RECORD_FAILED"
+            self.loop.stop()
+            self._go(State.RAMP_DOWN)
 
     def _zones(self, tr: Treatment) -> dict:
         return {name: z.as_dict() for name, z in tr.zones.items()}
@@ -470,9 +669,12 @@ class Engine:
             return
         summary = self.summary()
         fault = fault or self.loop.guard.fault
-        code = str(fault.code) if fault and reason in ("fault", "estop") else None
+        code = str(fault.code) if fault and reason in ("fault", "estop") else tr.end_code
         if tr.treatment_id is not None:
-            self.recorder.finish(tr.treatment_id, reason, summary, self._zones(tr), code)
+            fut = self.recorder.finish(tr.treatment_id, reason, summary, self._zones(tr), code)
+            self._writes.append(
+                _Write("finish", tr.treatment_id, fut, self.clock() + CHECKPOINT_S, z_total(tr))
+            )
         self.last_summary = {
             **summary,
             "program": tr.program.id,
@@ -519,3 +721,8 @@ class Engine:
             "last_summary": self.last_summary if self.state == State.FINISHED else None,
         }
         return out
+
+
+def z_total(tr: Treatment) -> float:
+    """The treatment's real output time so far (s), as the history adds it up."""
+    return sum(z.active_s for z in tr.zones.values())

@@ -163,6 +163,10 @@ class ControlLoop:
         self._ref_lo = fe.reference_code - fe.reference_tolerance_codes
         self._ref_hi = fe.reference_code + fe.reference_tolerance_codes
         self._lease_s = lim.lease_ms / 1000.0
+        # The engine's heartbeat bound (never above the lease). None until the first beat: a loop
+        # with no service above it (bench, POST tests) is not supervised this way.
+        self.service_beat_max_s = min(cfg.loop.service_heartbeat_ms / 1000.0, self._lease_s)
+        self.service_beat_s: float | None = None
         self._slew_up = lim.max_current_ua / lim.ramp_up_s  # uA per second
         self._probe_ua = lim.probe_current_ua
         self._probe_interval_s = lim.probe_interval_ms / 1000.0
@@ -372,6 +376,11 @@ class ControlLoop:
 
         self._queue(apply)
 
+    def service_beat(self) -> None:
+        """The treatment engine is alive (any thread; a plain store). Once beaten, output that is
+        on trips INTERNAL when no beat came within ``loop.service_heartbeat_ms``."""
+        self.service_beat_s = self.clock.now()
+
     def estop(self, detail: str = "on-screen STOP") -> None:
         """Cut at once from the calling thread: no queue, no ramp."""
         self.guard.trip(Fault.ESTOP, detail)
@@ -578,6 +587,15 @@ class ControlLoop:
                 and state != OutputState.RAMP_DOWN
             ):
                 g.trip(Fault.LEASE_EXPIRED, f"lease {self._lease_s * 1000:.0f} ms not renewed")
+                return False
+            # A dead or stuck engine must not leave the output on (its decisions end a treatment).
+            beat = self.service_beat_s
+            if (
+                beat is not None
+                and now - beat > self.service_beat_max_s
+                and state != OutputState.RAMP_DOWN
+            ):
+                g.trip(Fault.INTERNAL, f"service heartbeat lost ({(now - beat) * 1000:.0f} ms)")
                 return False
             if gap > self.cfg.loop.stall_ms / 1000.0:
                 g.trip(Fault.LOOP_STALL, f"loop resumed after {gap * 1000:.1f} ms")

@@ -3,20 +3,32 @@
 The harness does what the kiosk and the daemon do: the control loop ticks at 2 kHz, the engine
 ticks every 40 loop ticks (20 ms, the daemon's service period) and, while a treatment is under
 way, the lease is renewed every 200 loop ticks (100 ms). The recorder is a fake that logs every
-call; ``active_s_today()`` returns a number the test sets.
+call; ``active_s_today()`` answers a number the test sets. Its answers are futures, as the history
+worker's are: done at once unless a test holds them (``hold``) or makes a call fail (``fail``).
 """
 
 from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
+from concurrent.futures import Future
 from datetime import date, timedelta
 from typing import NamedTuple
 
 import pytest
 
 from hw.config import Config, Program, load_config
-from hw.engine import CHECKPOINT_S, CONTACT_CONFIRM_S, TREATING, Engine, EngineRefused, State
+from hw.engine import (
+    CHECKPOINT_S,
+    CONTACT_CONFIRM_S,
+    OUTPUT_MARGIN_S,
+    START_TIMEOUT_S,
+    TRANSITIONS_KEPT,
+    TREATING,
+    Engine,
+    EngineRefused,
+    State,
+)
 from hw.levels import level_to_ua
 from hw.loop import OutputState
 from hw.safety import Fault
@@ -28,7 +40,7 @@ LEASE_EVERY = 200  # loop ticks per lease renewal (100 ms)
 ENGINE_TICK_S = 0.02
 EPS = 1e-6
 # The daemon keeps the lease while the engine is in one of these states (hw/daemon.py _LEASED).
-LEASED = TREATING | {State.RAMP_DOWN, State.SELF_TEST}
+LEASED = TREATING | {State.RAMP_DOWN, State.SELF_TEST, State.STARTING}
 
 S = State
 # Every edge the module docstring's diagram allows.
@@ -53,6 +65,10 @@ DIAGRAM: frozenset[tuple[State, State]] = frozenset(
         *((s, S.FAULT) for s in State if s != S.FAULT),  # any --trip--> fault
         (S.FAULT, S.IDLE),  # acknowledge
         (S.FINISHED, S.CONTACT_CHECK),  # finished --start--> contact_check
+        # "idle/ready/finished --start--> starting --history answered--> contact_check (or
+        # self_test)"; "starting --history failed, timeout, stop--> back where it came from"
+        *((s, S.STARTING) for s in (S.IDLE, S.READY, S.FINISHED)),
+        *((S.STARTING, s) for s in (S.CONTACT_CHECK, S.SELF_TEST, S.IDLE, S.READY, S.FINISHED)),
         # "(a new self-test runs before output)" and the first start of a day: a start (or the
         # self-test command) from a resting state goes through the self-test.
         (S.READY, S.SELF_TEST),
@@ -68,26 +84,50 @@ class FakeRecorder:
         self.calls: list[tuple] = []
         self.used_s = 0.0
         self._next_id = 1
+        self.fail: dict[str, BaseException] = {}  # call name -> the error its future carries
+        self.hold: set[str] = set()  # call names whose futures stay pending
+        self.held: list[tuple[str, Future, object]] = []  # (name, future, the answer it will get)
 
-    def begin(self, program_id: str, program_name: str) -> int | None:
+    def _answer(self, name: str, value=None) -> Future:
+        fut: Future = Future()
+        if name in self.hold:
+            self.held.append((name, fut, value))
+        elif name in self.fail:
+            fut.set_exception(self.fail[name])
+        else:
+            fut.set_result(value)
+        return fut
+
+    def release(self) -> None:
+        """Answer every held call (with its error if ``fail`` names it now)."""
+        held, self.held = self.held, []
+        for name, fut, value in held:
+            if name in self.fail:
+                fut.set_exception(self.fail[name])
+            else:
+                fut.set_result(value)
+
+    def begin(self, program_id: str, program_name: str) -> Future:
         tid = self._next_id
         self._next_id += 1
         self.calls.append(("begin", self.clock(), tid, program_id, program_name))
-        return tid
+        return self._answer("begin", tid)
 
-    def checkpoint(self, treatment_id: int, summary: dict, zones: dict) -> None:
+    def checkpoint(self, treatment_id: int, summary: dict, zones: dict) -> Future:
         self.calls.append(("checkpoint", self.clock(), treatment_id, dict(summary), dict(zones)))
+        return self._answer("checkpoint")
 
-    def finish(self, treatment_id, reason, summary, zones, fault_code) -> None:
+    def finish(self, treatment_id, reason, summary, zones, fault_code) -> Future:
         self.calls.append(
             ("finish", self.clock(), treatment_id, reason, dict(summary), dict(zones), fault_code)
         )
+        return self._answer("finish")
 
     def event(self, kind, code, message, treatment_id=None) -> None:
         self.calls.append(("event", self.clock(), kind, code, message, treatment_id))
 
-    def active_s_today(self) -> float:
-        return self.used_s
+    def active_s_today(self) -> Future:
+        return self._answer("active_s_today", self.used_s)
 
     def of(self, kind: str) -> list[tuple]:
         return [c for c in self.calls if c[0] == kind]
@@ -116,6 +156,10 @@ class Kiosk:
         self.rec = FakeRecorder(self.rig.clock.now)
         self.emits: list[Emit] = []
         self.n = 0
+        # (opt-in) an engine tick that raises ends the engine's ticks, as it ends the daemon's
+        # asyncio task; the kiosk keeps renewing the lease.
+        self.catch_engine_errors = False
+        self.engine_error: BaseException | None = None
         self.engine = Engine(
             self.cfg,
             self.loop,
@@ -145,8 +189,14 @@ class Kiosk:
         self.n += 1
         if self.n % LEASE_EVERY == 0 and self.engine.state in LEASED:
             self.loop.renew_lease()
-        if self.n % ENGINE_EVERY == 0:
-            self.engine.tick()
+        if self.n % ENGINE_EVERY == 0 and self.engine_error is None:
+            if not self.catch_engine_errors:
+                self.engine.tick()
+                return
+            try:
+                self.engine.tick()
+            except Exception as e:  # noqa: BLE001 - the "task" dies with it
+                self.engine_error = e
 
     def run(self, seconds: float) -> None:
         for _ in range(round(seconds / self.rig.tick_s)):
@@ -233,7 +283,7 @@ def fingerprint(k: Kiosk) -> dict:
     return {
         "state": e.state,
         "treatment": None if tr is None else (id(tr), dataclasses.asdict(tr)),
-        "pending_start": e._pending_start,
+        "starting": e._starting,
         "post_day": e.post_day,
         "last_summary": e.last_summary,
         "transitions": list(e.transitions),
@@ -263,6 +313,12 @@ COMMANDS: dict[str, Callable[[Engine], object]] = {
     "acknowledge": lambda e: e.acknowledge(),
     "estop": lambda e: e.estop("test"),
 }
+
+
+def _reach_starting(k: Kiosk) -> None:
+    to_ready(k)
+    k.rec.hold.add("begin")  # the history has not answered yet
+    k.engine.start("demo", 2)
 
 
 def _reach_contact_check(k: Kiosk) -> None:
@@ -317,6 +373,7 @@ REACH: dict[str, tuple[State, Callable[[Kiosk], None]]] = {
     "idle": (S.IDLE, lambda k: None),
     "self_test": (S.SELF_TEST, lambda k: (k.engine.self_test(), k.step(), k.step())),
     "ready": (S.READY, to_ready),
+    "starting": (S.STARTING, _reach_starting),
     "contact_check": (S.CONTACT_CHECK, _reach_contact_check),
     "ramp_up": (S.RAMP_UP, _reach_ramp_up),
     "running": (S.RUNNING, _reach_running),
@@ -348,6 +405,8 @@ TABLE: dict[str, dict] = {
     "idle": _row(self_test={S.SELF_TEST}, start={S.SELF_TEST}, estop={S.FAULT}),
     "self_test": _row(estop={S.FAULT}),
     "ready": _row(self_test={S.SELF_TEST}, start={S.CONTACT_CHECK}, estop={S.FAULT}),
+    # Waiting for the history: only stop (the start is given up) and e-stop.
+    "starting": _row(stop={S.READY}, estop={S.FAULT}),
     "contact_check": _row(**_TREATING_ROW),
     "ramp_up": _row(**_TREATING_ROW),
     # A level change while running makes the loop ramp again (ramp_up until it is reached).
@@ -450,6 +509,11 @@ def test_accepted_command_makes_documented_transition(make_kiosk, where, cmd):
         assert e.state == S.PAUSED
     elif cmd == "resume":
         k.wait_for(S.RUNNING, 3.0)
+    elif cmd == "stop" and where == "starting":
+        k.rec.release()  # the record's id comes after the start was given up: it is closed
+        k.run(0.1)
+        assert e.state == S.READY and k.loop.state == OutputState.OFF
+        assert [f[2:4] for f in k.rec.of("finish")] == [(k.rec.of("begin")[-1][2], "stopped")]
     elif cmd == "stop":
         k.wait_for(S.FINISHED, 2.0)
         assert k.rec.of("finish")[-1][3] == "stopped"
@@ -846,7 +910,7 @@ def test_treatment_stops_when_the_day_runs_out(day_runs_out):
     # timer has run less than the day's remainder when it fires.
     assert 0 < limits[0].active_s <= DAY_LEFT_S + ENGINE_TICK_S + EPS
     assert k.engine.last_summary["end_reason"] == "stopped"  # END_REASONS has no 'limit'
-    assert k.engine.transitions[-2:] == [(S.RUNNING, S.RAMP_DOWN), (S.RAMP_DOWN, S.FINISHED)]
+    assert list(k.engine.transitions)[-2:] == [(S.RUNNING, S.RAMP_DOWN), (S.RAMP_DOWN, S.FINISHED)]
     assert not k.loop.guard.tripped and k.loop.state == OutputState.OFF
     assert len(k.rec.of("finish")) == 1
 
@@ -874,7 +938,7 @@ def test_first_start_of_a_day_runs_the_self_test(make_kiosk):
     k.engine.start("demo", 2)
     assert k.engine.state == S.SELF_TEST and len(k.rec.of("begin")) == begins
     k.wait_for(S.CONTACT_CHECK, 2.0)
-    assert k.engine.transitions[-3:] == [
+    assert list(k.engine.transitions)[-3:] == [
         (S.FINISHED, S.SELF_TEST),
         (S.SELF_TEST, S.READY),
         (S.READY, S.CONTACT_CHECK),
@@ -1003,3 +1067,228 @@ def test_acknowledge_after_a_trip_mid_pulse_stays_idle(make_kiosk):
     assert k.engine.state == S.IDLE, k.loop.guard.fault
     k.engine.start("demo", 2)
     k.wait_for(S.RUNNING, 5.0)
+
+
+# ------------------------------------------------- 6. supervision (issue 6, item 1): a dead engine
+def _raise_in_checkpoint(k: Kiosk) -> None:
+    def checkpoint(*_a, **_kw):
+        raise RuntimeError("checkpoint exploded (test)")
+
+    k.rec.checkpoint = checkpoint
+
+
+def test_an_engine_that_raises_lets_the_loop_cut_the_output(make_kiosk):
+    # Issue 6 item 1: one exception in the engine's periodic call (here the recorder's
+    # checkpoint) ended its task; 160 uA kept flowing with the lease renewed.
+    k = make_kiosk()
+    k.catch_engine_errors = True
+    to_running(k)
+    _raise_in_checkpoint(k)
+    assert k.run_until(lambda: k.engine_error is not None, CHECKPOINT_S + 1.0)
+    t_dead = k.now()
+    assert k.loop.state in (OutputState.RAMP_UP, OutputState.ON) and k.rig.sim.enable_high
+    bound_s = k.cfg.loop.service_heartbeat_ms / 1000.0
+    # The kiosk keeps renewing the lease; only the missing heartbeat can end it.
+    assert k.run_until(lambda: k.loop.guard.tripped, bound_s + 0.5), k.loop.state
+    fault = k.loop.guard.fault
+    assert fault.code == Fault.INTERNAL and "service heartbeat lost" in fault.detail, fault
+    # The last beat came with the last good tick, one engine period before the one that raised.
+    assert fault.t_s - t_dead <= bound_s + k.rig.tick_s + EPS
+    assert k.loop.state == OutputState.TRIPPED and not k.rig.sim.enable_high
+    assert k.rig.sim.current_ua == pytest.approx(0.0, abs=5.0)
+
+
+def test_the_heartbeat_bound_never_exceeds_the_lease(make_kiosk):
+    cfg = load_config(env={})
+    lim = cfg.limits.model_copy(update={"lease_ms": 100.0})
+    k = make_kiosk(cfg.model_copy(update={"limits": lim}))
+    assert cfg.loop.service_heartbeat_ms > 100.0
+    assert k.loop.service_beat_max_s == pytest.approx(0.1)
+
+
+def test_a_live_engine_keeps_the_output_on_and_a_ramp_down_needs_no_beat(make_kiosk):
+    k = make_kiosk()
+    to_running(k)
+    k.run(2.0)  # 100 engine ticks, each one a beat: no trip
+    assert not k.loop.guard.tripped and k.engine.state == S.RUNNING
+    k.engine.stop()
+    k.step()  # the loop takes the stop
+    assert k.loop.state == OutputState.RAMP_DOWN
+    k.catch_engine_errors = True
+    k.engine_error = RuntimeError("engine gone")  # no more ticks, no more beats
+    assert k.rig.run_until(lambda: k.loop.state == OutputState.OFF, 2.0)
+    assert not k.loop.guard.tripped  # the ramp-down went to zero by itself, with no cut
+
+
+@pytest.mark.parametrize("program_id", ["demo", "full-face-lift"])
+def test_the_loop_is_bounded_by_the_program_not_the_backstop(make_kiosk, program_id):
+    k = make_kiosk()
+    to_ready(k)
+    k.engine.start(program_id, 2)
+    k.step()
+    program_s = sum(st.duration_s for st in k.cfg.program(program_id).steps)
+    assert k.loop.max_output_s == pytest.approx(program_s + OUTPUT_MARGIN_S)
+    assert k.loop.max_output_s < k.cfg.limits.max_output_s
+    # After a pause, what is left of the program (plus the margin), not the whole of it.
+    k.wait_for(S.RUNNING, 3.0)
+    k.run(3.0)
+    k.engine.pause()
+    assert k.run_until(lambda: k.loop.state == OutputState.OFF, 2.0)
+    left_s = k.engine.treatment.total_left_s
+    k.engine.resume()
+    k.step()
+    assert k.loop.max_output_s == pytest.approx(left_s + OUTPUT_MARGIN_S)
+    assert k.loop.max_output_s < program_s + OUTPUT_MARGIN_S - 2.0
+
+
+def test_a_dead_engine_is_cut_at_the_programs_end_even_with_a_beat(make_kiosk):
+    # The loop's own bound: with the engine's decisions gone (but something still beating),
+    # output ends OUTPUT_MARGIN_S after the program would have, not after 30 minutes.
+    k = make_kiosk()
+    to_running(k, "demo")
+    k.catch_engine_errors = True
+    k.engine_error = RuntimeError("decisions stopped")
+    k.rig.on_tick = lambda rig: k.loop.service_beat()
+    program_s = sum(st.duration_s for st in k.cfg.program("demo").steps)
+    assert k.run_until(lambda: k.loop.guard.tripped, program_s + OUTPUT_MARGIN_S + 1.0)
+    assert k.loop.guard.fault.code == Fault.OUTPUT_TIME
+
+
+# ------------------------------------------------- 7. fail closed (issue 6, item 8)
+def _no_output_since(k: Kiosk, n_events: int) -> None:
+    assert k.loop.state == OutputState.OFF and not k.rig.sim.enable_high
+    assert not [e for e in list(k.loop.events)[n_events:] if e[1] == "output_on"]
+
+
+def test_no_start_when_todays_time_cannot_be_read(make_kiosk):
+    k = make_kiosk()
+    to_ready(k)
+    k.rec.fail["active_s_today"] = OSError("disk I/O error")
+    n = len(k.loop.events)
+    before = fingerprint(k)
+    with pytest.raises(EngineRefused, match="cannot read today's treatment time"):
+        k.engine.start("demo", 2)
+    assert fingerprint(k) == before and not k.rec.of("begin")
+    k.run(0.1)
+    _no_output_since(k, n)
+
+
+def test_no_start_when_the_treatment_cannot_be_recorded(make_kiosk):
+    k = make_kiosk()
+    to_ready(k)
+    k.rec.fail["begin"] = OSError("database or disk is full")
+    n = len(k.loop.events)
+    with pytest.raises(EngineRefused, match="cannot be recorded"):
+        k.engine.start("demo", 2)
+    assert k.engine.state == S.READY and k.engine.treatment is None
+    k.run(0.1)
+    _no_output_since(k, n)
+
+
+def test_the_record_is_begun_before_the_output_comes_on(make_kiosk):
+    k = make_kiosk()
+    to_ready(k)
+    k.rec.hold.update({"active_s_today", "begin"})  # a slow SD card: nothing answers yet
+    n = len(k.loop.events)
+    ticket = k.engine.start("demo", 2)
+    assert k.engine.state == S.STARTING and not ticket.done()
+    k.run(0.5)
+    assert k.engine.state == S.STARTING
+    _no_output_since(k, n)
+    assert not k.rec.of("begin")  # today's time first: no record for a start that is refused
+    k.rec.release()  # today's time answers; the record is asked for next
+    k.run(0.1)
+    assert [c[0] for c in k.rec.calls if c[0] == "begin"] == ["begin"]
+    _no_output_since(k, n)
+    t_answer = k.now()
+    k.rec.release()  # the record's id
+    k.wait_for(S.CONTACT_CHECK, 0.1)
+    assert ticket.result() == "contact_check"
+    k.step()
+    on = [e for e in list(k.loop.events)[n:] if e[1] == "output_on"]
+    assert len(on) == 1 and on[0][0] >= t_answer
+    assert k.engine.treatment.treatment_id == k.rec.of("begin")[0][2]
+
+
+@pytest.mark.parametrize("slow", ["active_s_today", "begin"])
+def test_a_start_the_history_does_not_answer_fails_closed(make_kiosk, slow):
+    k = make_kiosk()
+    to_ready(k)
+    k.rec.hold.add(slow)
+    n = len(k.loop.events)
+    ticket = k.engine.start("demo", 2)
+    k.run(START_TIMEOUT_S + 0.1)
+    assert k.engine.state == S.READY
+    with pytest.raises(EngineRefused, match="did not answer in time"):
+        ticket.result(timeout=0)
+    _no_output_since(k, n)
+    # A record begun after all is closed at zero, never left open (it would read "interrupted").
+    k.rec.release()
+    k.run(0.1)
+    begins = k.rec.of("begin")
+    assert [(f[2], f[3]) for f in k.rec.of("finish")] == [(b[2], "stopped") for b in begins]
+    _no_output_since(k, n)
+
+
+def test_a_start_after_the_self_test_reads_the_history_first(make_kiosk):
+    k = make_kiosk()
+    k.rec.fail["active_s_today"] = OSError("disk I/O error")
+    with pytest.raises(EngineRefused, match="cannot read today's treatment time"):
+        k.engine.start("demo", 2)  # first of the day: no self-test for a start that cannot run
+    assert k.engine.state == S.IDLE and k.loop.state == OutputState.OFF
+
+
+@pytest.mark.parametrize("how", ["error", "no answer"])
+def test_a_checkpoint_that_fails_stops_the_treatment(make_kiosk, how):
+    k = make_kiosk()
+    to_running(k)
+    tid = k.engine.treatment.treatment_id
+    if how == "error":
+        k.rec.fail["checkpoint"] = OSError("disk I/O error")
+    else:
+        k.rec.hold.add("checkpoint")
+    k.wait_for(S.RAMP_DOWN, 2 * CHECKPOINT_S + 1.0)
+    k.step()  # the loop takes the stop on its next tick (in a gap it ends at once)
+    assert k.loop.state in (OutputState.RAMP_DOWN, OutputState.OFF)  # a stop, not a cut
+    assert not k.loop.guard.tripped
+    failed = k.emitted("record_failed")
+    assert [(e.data["what"], e.data["treatment_id"], e.data["stopping"]) for e in failed] == [
+        ("checkpoint", tid, True)
+    ]
+    assert [c[3] for c in k.rec.events("record")] == ["RECORD_FAILED"]
+    k.wait_for(S.FINISHED, 2.0)
+    assert not k.loop.guard.tripped
+    fin = k.rec.of("finish")
+    assert [(f[2], f[3], f[6]) for f in fin] == [(tid, "fault", "RECORD_FAILED")]
+    assert k.engine.last_summary["end_reason"] == "fault"
+    assert_diagram(k.engine)
+
+
+def test_a_finish_that_fails_counts_against_the_day(make_kiosk):
+    k = make_kiosk()
+    to_ready(k)
+    k.rec.used_s = k.cfg.limits.daily_max_s - 25.0  # enough for one demo (16 s), not two
+    k.rec.fail["finish"] = OSError("disk I/O error")
+    k.engine.start("demo", 2)
+    k.wait_for(S.FINISHED, 25.0)
+    k.run(0.1)
+    assert [e.data["what"] for e in k.emitted("record_failed")] == ["finish"]
+    del k.rec.fail["finish"]
+    # The history still says 25 s are left; the engine knows ~16.5 of them were used.
+    with pytest.raises(EngineRefused, match="used up"):
+        k.engine.start("demo", 2)
+    assert k.loop.state == OutputState.OFF
+
+
+def test_transitions_are_bounded(make_kiosk):
+    # Issue 6 item 12: the list grew by one entry per state change, for the daemon's life.
+    k = make_kiosk()
+    to_running(k)
+    for _ in range(TRANSITIONS_KEPT):  # as many changes as a long day of lift-offs makes
+        k.engine._go(S.CONTACT_CHECK)
+        k.engine._go(S.RUNNING)
+    assert len(k.engine.transitions) == TRANSITIONS_KEPT
+    assert list(k.engine.transitions)[-2:] == [
+        (S.RUNNING, S.CONTACT_CHECK),
+        (S.CONTACT_CHECK, S.RUNNING),
+    ]

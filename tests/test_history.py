@@ -912,3 +912,52 @@ def test_sigkill_at_any_moment_loses_no_committed_write(tmp_path: Path) -> None:
 
     assert len(committed) >= 10  # the rounds did real work
     assert kills_with_open_treatment >= 3  # and often killed mid-treatment
+
+
+# ---------------------------------------------------------------- the daemon's history worker
+def test_the_engines_history_calls_run_ahead_of_bulk_reads(tmp_path):
+    # Issue 6 item 10: a start's reads and writes waited behind 2000 queued exports (FIFO).
+    import threading
+
+    from hw.daemon import HistoryWorker
+
+    w = HistoryWorker(tmp_path / "history.db")
+    w.start()
+    try:
+        gate, busy = threading.Event(), threading.Event()
+        order: list[str] = []
+        first = w.submit(lambda h: (busy.set(), gate.wait(5), order.append("running")))
+        assert busy.wait(5)  # the worker is inside a (bulk) job
+        bulk = [w.submit(lambda h, i=i: order.append(f"bulk{i}")) for i in range(3)]
+        urgent = w.submit(
+            lambda h: order.append("urgent") or h.active_s_on(dt.date.today()), urgent=True
+        )
+        gate.set()
+        assert urgent.result(5) == 0.0
+        for f in [first, *bulk]:
+            f.result(5)
+        assert order == ["running", "urgent", "bulk0", "bulk1", "bulk2"]
+    finally:
+        w.stop()
+
+
+def test_stopping_the_worker_keeps_the_engines_writes_and_drops_queued_bulk_reads(tmp_path):
+    import threading
+
+    from hw.daemon import HistoryWorker
+
+    w = HistoryWorker(tmp_path / "history.db")
+    w.start()
+    gate, busy = threading.Event(), threading.Event()
+    w.submit(lambda h: (busy.set(), gate.wait(5)))
+    assert busy.wait(5)
+    bulk = w.submit(lambda h: h.recent(10))
+    write = w.submit(lambda h: h.begin_treatment("demo", "Demo"), urgent=True)
+    stopper = threading.Thread(target=w.stop)
+    stopper.start()
+    gate.set()
+    stopper.join(10)
+    assert write.result(0) == 1  # the record was written before the worker stopped
+    assert not bulk.done()  # dropped, not run: a stop does not wait for a history flood
+    with History(tmp_path / "history.db") as h:
+        assert [r.id for r in h.recent(5)] == [1]
