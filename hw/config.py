@@ -115,6 +115,7 @@ SAFER: dict[str, str] = {
     "limits.recontact_ms": HIGHER,  # contact must be good for longer before output returns
     "limits.lifted_max_s": LOWER,  # a long lift-off pauses sooner (only a resume goes on)
     "loop.stall_ms": LOWER,
+    "loop.service_heartbeat_ms": LOWER,  # a silent engine is cut sooner
     "loop.supervisor_period_ms": LOWER,
     "loop.adc_stale_ms": LOWER,
     # loop.realtime_priority is fixed: a site file cannot turn real-time scheduling off.

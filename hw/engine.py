@@ -413,10 +413,13 @@ class Engine:
             raise EngineRefused(blocker)
         used = max(tr.active_s, sum(z.active_s for z in tr.zones.values()))
         left = min(tr.max_active_s - used, tr.total_left_s)
+        # resume: the loop keeps this treatment's accounting and first returns what a lift-off
+        # left unbalanced (its state is then `balance`; the timers wait for ramp_up).
         self.loop.start(
             self._spec(tr.step),
             self._ua(tr.level, tr.step),
             max_output_s=min(self.cfg.limits.max_output_s, max(0.0, left) + OUTPUT_MARGIN_S),
+            resume=True,
         )
         tr.started_ramp = True
         self._go(State.RAMP_UP)
@@ -524,6 +527,16 @@ class Engine:
                 self._go(State.FINISHED)
             return
         if self.state == State.PAUSED:
+            return
+        if ls == OutputState.OFF and self.state in (
+            State.CONTACT_CHECK,
+            State.RAMP_UP,
+            State.RUNNING,
+        ):
+            # The loop ended the output by itself: lifted longer than limits.lifted_max_s. The
+            # treatment pauses; only an explicit resume (by the lease holder) goes on.
+            self._go(State.PAUSED)
+            self.emit("paused", {"reason": "contact lost for too long"})
             return
         if ls == OutputState.LIFTED:
             self._go(State.CONTACT_CHECK)

@@ -285,7 +285,8 @@ class ControlLoop:
                 self._event("start_refused", reason="a fault is latched")
                 return
             self._reset_treatment(resume=resume)
-            self.max_output_s = limit
+            # The bound counts this treatment's output time, which a resume carries on.
+            self.max_output_s = min(self.cfg.limits.max_output_s, self.active_s + limit)
             self.wave = Waveform(spec, self.tick_s)
             self.target_ua = float(target_ua)
             self.lease_deadline = self.clock.now() + self._lease_s

@@ -86,11 +86,17 @@ def _restore_and_rearm(loop: ControlLoop, after: str) -> Iterator[float]:
 
 
 def _kick_for(loop: ControlLoop, seconds: float) -> Iterator[float]:
-    """Keep the dead-man alive for ``seconds`` (one toggle per tick)."""
-    ticks = max(1, round(seconds / loop.tick_s))
-    for _ in range(ticks):
+    """Keep the dead-man alive for ``seconds`` of clock time (one toggle per tick).
+
+    Counted on the clock, not in ticks: after a late tick the runner catches up with ticks back
+    to back, and the relay, the comparator and the stage settle in time, not in ticks (a count
+    of ticks under host load read the current before the latch had cut it)."""
+    t_end = loop.clock.now() + seconds - 1e-9
+    while True:
         loop.kick_once()
         yield 0.0
+        if loop.clock.now() >= t_end:
+            return
 
 
 def post_sequence(loop: ControlLoop) -> Iterator[float]:

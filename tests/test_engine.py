@@ -1135,10 +1135,12 @@ def test_the_loop_is_bounded_by_the_program_not_the_backstop(make_kiosk, program
     k.engine.pause()
     assert k.run_until(lambda: k.loop.state == OutputState.OFF, 2.0)
     left_s = k.engine.treatment.total_left_s
+    done_s = k.loop.active_s  # a resume carries the treatment's output time on
+    assert done_s > 2.0
     k.engine.resume()
     k.step()
-    assert k.loop.max_output_s == pytest.approx(left_s + OUTPUT_MARGIN_S)
-    assert k.loop.max_output_s < program_s + OUTPUT_MARGIN_S - 2.0
+    assert k.loop.max_output_s == pytest.approx(done_s + left_s + OUTPUT_MARGIN_S)
+    assert k.loop.max_output_s - done_s < program_s + OUTPUT_MARGIN_S - 2.0
 
 
 def test_a_dead_engine_is_cut_at_the_programs_end_even_with_a_beat(make_kiosk):
@@ -1292,3 +1294,34 @@ def test_transitions_are_bounded(make_kiosk):
         (S.RUNNING, S.CONTACT_CHECK),
         (S.CONTACT_CHECK, S.RUNNING),
     ]
+
+
+def test_a_long_lift_off_pauses_the_treatment_and_only_resume_goes_on(make_kiosk):
+    """Issue 6 item 2: lifted longer than lifted_max_s, nothing comes back by itself; the
+    engine's resume balances what the lift left open, then ramps."""
+    base = load_config(env={})
+    cfg = base.model_copy(update={"limits": base.limits.model_copy(update={"lifted_max_s": 2.0})})
+    k = make_kiosk(cfg)
+    to_ready(k)
+    k.engine.start("full-face-lift", 3)
+    k.wait_for(S.RUNNING, 10.0)
+    # Lift in the middle of a 500 ms phase: up to one phase of charge is left open.
+    ph = k.loop.wave.phase_ticks
+    assert k.run_until(lambda: ph // 4 <= k.loop.wave.t < 3 * ph // 4, 5.0)
+    k.rig.sim.inject("lift_off")
+    k.wait_for(S.CONTACT_CHECK, 0.1)
+    k.wait_for(S.PAUSED, 3.0)
+    assert k.emitted("paused")
+    assert k.loop.state == OutputState.OFF and not k.rig.sim.enable_high
+    open_uc = k.loop.q_net_uc
+    assert abs(open_uc) > 5.0
+    k.rig.sim.clear("lift_off")
+    k.run(3.0)  # skin again, lease kept: still paused, still off
+    assert k.engine.state == S.PAUSED and not k.rig.sim.enable_high
+    k.engine.resume()
+    assert k.run_until(lambda: k.loop.state == OutputState.BALANCE, 0.1)
+    k.wait_for(S.RUNNING, 10.0)
+    balanced = [d for _, kind, d in k.loop.events if kind == "balanced"]
+    assert balanced and abs(balanced[-1]["net_charge_uc"]) <= 1.0, balanced
+    assert not k.loop.guard.tripped
+    assert_diagram(k.engine)

@@ -393,3 +393,32 @@ def test_post_passes_with_the_board_file_the_calibration_step_measured(tmp_path)
         assert rig.loop.cal_gain == pytest.approx(1.0, abs=0.01)
     finally:
         rig.close()
+
+
+def test_the_self_test_waits_in_time_not_in_ticks_when_ticks_come_back_to_back():
+    """Under host load the runner catches up with ticks 20 us apart. The self-test's waits must
+    still last their time: the latch and relay need real time to cut (a tick count read ~200 uA
+    "still flowing" after the latch had tripped)."""
+    from hw.loop import OutputState
+    from hw.sim.rig import SimRig
+
+    rig = SimRig(seed=4)
+    try:
+        rig.loop.run_post()
+        n = 0
+        while rig.loop.post_result is None and n < 200000:
+            # Ten catch-up ticks 20 us apart, then a late one: the average rate is kept.
+            for _ in range(10):
+                rig.clock.advance(20e-6)
+                rig.loop.tick()
+                rig.sim.advance()
+                n += 1
+            rig.clock.advance(10 * rig.tick_s - 10 * 20e-6)
+            rig.loop.tick()
+            rig.sim.advance()
+            n += 1
+        assert rig.loop.post_result is not None
+        assert rig.loop.post_result["passed"], rig.loop.post_result
+        assert rig.loop.state == OutputState.OFF
+    finally:
+        rig.close()
