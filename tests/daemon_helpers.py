@@ -262,11 +262,13 @@ def write_test_config(path: Path) -> Path:
 # ------------------------------------------------------------------------------ host timing
 # The daemon's 2 kHz loop is a Python thread. On a loaded host (other processes on the same cores)
 # it can be held off the CPU or the GIL for tens of milliseconds; the daemon then trips, as it
-# must: LOOP_STALL. Under the same load it also, now and then, trips OVERCURRENT_SETPOINT "-35 uA
-# measured for a 0 uA command" (seen only on a loaded host; the cause is not established). Those
-# trips are not what any of these tests checks, so a scenario that meets one is run again on fresh
-# daemons, at most SCENARIO_ATTEMPTS times, with a warning that names the trip.
-HOST_TIMING_FAULTS = frozenset({"LOOP_STALL", "OVERCURRENT_SETPOINT"})
+# must: LOOP_STALL. That cause is known (the loop shares the GIL with the service: issue 7 moves it
+# to a process of its own); such a trip is not what any of these tests checks, so a scenario that
+# meets one is run again on fresh daemons, at most SCENARIO_ATTEMPTS times, with a warning that
+# names the trip. Nothing else is retried: OVERCURRENT_SETPOINT used to be (a "-35 uA for a 0 uA
+# command" seen only under load, cause never found); it now fails the test with the loop's full
+# detail (the command before, the time since it changed, the state), so it can be root-caused.
+HOST_TIMING_FAULTS = frozenset({"LOOP_STALL"})
 SCENARIO_ATTEMPTS = 3
 
 
