@@ -156,6 +156,7 @@ class ControlLoop:
         self._zero_tol = cfg.hardware.post.zero_tolerance_ua
         self._n_resid = _ticks(RESIDUAL_MS, ts)
         self._n_reshut = _ticks(RESHUTDOWN_MS, ts)
+        self._z_settle_s = 2 * ts - 1e-9  # as long as two ticks take at the loop's rate
         self._lifted_max_s = lim.lifted_max_s
         rail_tol = fe.rail_nominal_v * fe.rail_tolerance_pct / 100.0
         self._rail_lo = (fe.rail_nominal_v - rail_tol) / fe.rail_v_per_code
@@ -693,7 +694,13 @@ class ControlLoop:
         if self._over_setpoint(now, i, "command"):
             return False
         av = v if v >= 0 else -v
-        if aprev >= self._follow_min and ai < self._follow_ratio * aprev:
+        # Judged in time, not in ticks: after a late tick the runner catches up with ticks back to
+        # back, and a sample taken within the stage's settling time of a command change (or, for
+        # the impedance, within two ticks' time: the skin's RC) says nothing about the contact.
+        since_change = now - self._t_cmd_change
+        if since_change < SETTLE_S:
+            pass  # neither counts toward nor clears the follow and lift debounces
+        elif aprev >= self._follow_min and ai < self._follow_ratio * aprev:
             if av >= self._v_comp:
                 n["lift"] += 1
                 n["follow"] = 0
@@ -714,7 +721,10 @@ class ControlLoop:
         # Settled: the same polarity and (within trim) the same amplitude as the tick before.
         p2 = self._cmd_prev2
         settled = (
-            aprev >= self._follow_min and prev * p2 > 0 and -0.03 * aprev < prev - p2 < 0.03 * aprev
+            aprev >= self._follow_min
+            and prev * p2 > 0
+            and -0.03 * aprev < prev - p2 < 0.03 * aprev
+            and since_change >= self._z_settle_s
         )
         if settled and prev * i > 0 and av < self._v_comp:
             z = v / i * 1e6

@@ -309,3 +309,43 @@ def test_the_learned_gain_is_forgotten_for_a_new_treatment(running_rig):
 def test_the_self_test_is_imported_before_the_loop_runs():
     # The real-time thread must not import (disk I/O, allocation) after gc.freeze().
     assert "post_sequence" in vars(loop_module)
+
+
+# ------------------------------------------- judged in time: ticks caught up back to back
+def run_in_bursts(rig, seconds: float, burst: int, gap_s: float = 20e-6) -> None:
+    """As the real-time runner does after a late tick: ``burst`` ticks 20 us apart, then a wait
+    that keeps the average rate. Lease kept, supervisor running."""
+    end = rig.clock.now() + seconds
+    n = 0
+    while rig.clock.now() < end and not rig.guard.tripped:
+        for _ in range(burst):
+            rig.clock.advance(gap_s)
+            rig.loop.renew_lease()
+            rig.loop.tick()
+            rig.sim.advance()
+            n += 1
+            if n % 4 == 0:
+                rig.supervisor.check()
+        rig.clock.advance(burst * rig.tick_s - burst * gap_s)
+        rig.loop.renew_lease()
+        rig.loop.tick()
+        rig.sim.advance()
+        rig.supervisor.check()
+
+
+@pytest.mark.parametrize("skin", ["normal", "sweaty"])
+@pytest.mark.parametrize("spec", [WaveformSpec(10, 50), WaveformSpec(10, 40), WaveformSpec(50, 10)])
+def test_catch_up_ticks_do_not_make_a_healthy_treatment_trip(skin, spec):
+    """fc60cf5 tripped IMPEDANCE_LOW ("-8986 ohm (mean of 16)") here, and once on the real daemon
+    under load: samples 20 us after a polarity flip were taken as settled because they were two
+    ticks after it."""
+    rig = SimRig(seed=2)
+    try:
+        assert rig.post()["passed"]
+        rig.sim.set_skin(skin)
+        rig.loop.start(spec, 160.0)
+        run_in_bursts(rig, 6.0, burst=10)
+        assert rig.guard.fault is None, rig.guard.fault
+        assert rig.loop.state == OutputState.ON
+    finally:
+        rig.close()
