@@ -158,6 +158,7 @@ TURN_BYTES = 16 * 1024  # request bytes parsed per connection per turn (at least
 TURN_REPLY_BYTES = 32 * 1024  # reply bytes per connection per turn
 UNGREETED_TURN_LINES = 4  # a connection that has not said hello gets less
 UNGREETED_TURN_BYTES = 2048
+UNGREETED_PACE_S = 0.005  # ...and, when only such connections have work, one turn per 5 ms
 INPUT_BUFFER_MAX = 64 * 1024  # unparsed input above this: stop reading from that socket
 WRITE_HIGH_BYTES = 64 * 1024  # unread output above this: serve none of that client's requests
 PRIORITY_COMMANDS = frozenset({"lease", "stop", "estop"})  # served first in every turn
@@ -165,10 +166,14 @@ PRIORITY_COMMANDS = frozenset({"lease", "stop", "estop"})  # served first in eve
 # front of the treatment record's begin() by more than one query.
 BULK_COMMANDS = frozenset({"history", "treatment", "totals", "events", "export_csv"})
 MAX_BULK_IN_FLIGHT = 1
+# ...and after each one the next waits as long as it took: the history thread, which shares the
+# GIL and the CPU with the control loop, is busy at most half the time however hard it is asked.
+BULK_PAUSE_FACTOR = 1.0
 BULK_CHUNK_ITEMS = 10  # records encoded per json.dumps call (the C encoder holds the GIL)
 BULK_CHUNK_CHARS = 16 * 1024  # CSV characters encoded per call
 # Connection limits.
 MAX_CLIENTS = 32  # at the cap the oldest un-greeted (else the idlest) connection makes room
+ACCEPT_BACKLOG = 16  # also how many connections one turn of the event loop accepts at most
 HELLO_TIMEOUT_S = 10.0  # no hello within this after connecting: closed
 IDLE_TIMEOUT_S = 300.0  # nothing received for this and not subscribed to status: closed
 WRITE_STALL_S = 5.0  # output unread above WRITE_HIGH_BYTES for this long: closed as too slow
@@ -327,7 +332,9 @@ class Daemon:
         self._stop_requested = False  # request_stop() before serve() is kept, not lost
         self._work: asyncio.Event | None = None  # set when a connection has something to serve
         self._turns = 0
+        self._paced = False
         self._bulk_in_flight = 0
+        self._bulk_next_s = 0.0  # (monotonic) no history query starts before this
         self._conn_log = _RateLimitedLog()
         self.socket_lock_fd: int | None = None  # flock on <socket>.lock, held while we serve
         # (bench) monotonic times at which the loop applied level changes
@@ -457,16 +464,27 @@ class Daemon:
         while True:
             await self._work.wait()
             self._work.clear()
-            if self._turn():
+            left = self._turn()
+            if left == "greeted":
                 self._work.set()
                 await asyncio.sleep(0)  # socket callbacks and the other tasks run between turns
+            elif left == "ungreeted" and not self._paced:
+                # Only connections that never said hello still have work: they get their next
+                # share after a pause, so a newline flood cannot keep this thread busy.
+                self._paced = True
+                self._aio.call_later(UNGREETED_PACE_S, self._paced_wake)
 
-    def _turn(self) -> bool:
+    def _paced_wake(self) -> None:
+        self._paced = False
+        self._wake()
+
+    def _turn(self) -> str | None:
         """One turn: connections whose next request is a lease renewal, stop or e-stop first,
-        then the others (rotating who goes first). True when work is left for another turn."""
+        then the others (rotating who goes first). Says who has work left for another turn:
+        "greeted", "ungreeted" (only connections without hello) or None."""
         ready = [c for c in self.clients if self._servable(c)]
         if not ready:
-            return False
+            return None
         self._turns += 1
         k = self._turns % len(ready)
         ready = ready[k:] + ready[:k]
@@ -474,9 +492,10 @@ class Daemon:
             if c.head is None:
                 c.head = self._next_item(c)
         ready.sort(key=lambda c: not _is_priority(c.head))  # stable: rotation kept within lanes
-        left = False
+        left = None
         for c in ready:
-            left = self._serve(c) or left
+            if self._serve(c):
+                left = "greeted" if c.greeted or left == "greeted" else "ungreeted"
         return left
 
     @staticmethod
@@ -507,10 +526,14 @@ class Daemon:
             if c.eof:
                 buf.clear()  # a partial last line before end-of-file gets no reply
             return None
+        if nl == 0 or not buf[:nl].strip():
+            # A run of blank lines is one item (its bytes still count against the budget).
+            n = len(buf) - len(buf.lstrip())
+            n = buf.rfind(b"\n", 0, max(n, nl + 1)) + 1
+            del buf[:n]
+            return ("blank", None, n)
         line = bytes(buf[:nl])
         del buf[: nl + 1]
-        if not line.strip():
-            return ("blank", None, nl + 1)
         try:
             return ("req", P.parse_request(line), nl + 1)
         except P.ProtocolError as e:
@@ -533,13 +556,8 @@ class Daemon:
                 more = False
                 break
             kind, value, size = item
-            if (
-                kind == "req"
-                and value.cmd in BULK_COMMANDS
-                and c.greeted
-                and self._bulk_in_flight >= MAX_BULK_IN_FLIGHT
-            ):
-                c.head = item  # waits its turn (woken when the query in flight is answered)
+            if kind == "req" and value.cmd in BULK_COMMANDS and c.greeted and not self._bulk_ok():
+                c.head = item  # waits its turn (woken when the history thread may take it)
                 more = False
                 break
             lines += 1
@@ -551,7 +569,18 @@ class Daemon:
         if c.reading_paused and len(c.inbuf) < INPUT_BUFFER_MAX // 2 and not c.closing:
             c.transport.resume_reading()
             c.reading_paused = False
+        if c.eof and c.head is None and not c.inbuf and not c.busy and not c.closing:
+            c.close()  # half-closed and everything it sent has been answered
         return more
+
+    def _bulk_ok(self) -> bool:
+        if self._bulk_in_flight >= MAX_BULK_IN_FLIGHT:
+            return False  # woken by the reply of the one in flight
+        wait_s = self._bulk_next_s - time.monotonic()
+        if wait_s > 0:
+            self._aio.call_later(wait_s, self._wake)
+            return False
+        return True
 
     def _dispatch(self, client: Client, req: P.Request) -> None:
         t_rx = time.monotonic()
@@ -575,9 +604,12 @@ class Daemon:
             # the client's next request waits for it, so its replies stay in order.
             client.busy = True
             self._bulk_in_flight += 1
+            t_submit = time.monotonic()
 
             def done(f: concurrent.futures.Future) -> None:
                 self._bulk_in_flight -= 1
+                now = time.monotonic()
+                self._bulk_next_s = now + BULK_PAUSE_FACTOR * (now - t_submit)
                 client.busy = False
                 e = f.exception()
                 if e is None:
@@ -748,7 +780,9 @@ class Daemon:
             if not stat.S_ISSOCK(path.lstat().st_mode):
                 raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
             path.unlink()  # stale: we hold the lock, so no live daemon owns it
-        server = await self._aio.create_unix_server(lambda: Client(self), path=str(path))
+        server = await self._aio.create_unix_server(
+            lambda: Client(self), path=str(path), backlog=ACCEPT_BACKLOG
+        )
         os.chmod(path, 0o660)
         tasks = [
             asyncio.create_task(t())
@@ -777,6 +811,8 @@ class Daemon:
         # Stop: no new connections, and pending requests are dropped, not finished (a history
         # flood must not hold SIGTERM past the unit's TimeoutStopSec).
         server.close()
+        pending = sum(c.inbuf.count(b"\n") + (c.head is not None) for c in self.clients)
+        log.info("STOPPING: %d pending request(s) dropped", pending)
         for c in list(self.clients):
             c.close()
         for t in tasks:
