@@ -498,14 +498,19 @@ class Daemon:
                 left = "greeted" if c.greeted or left == "greeted" else "ungreeted"
         return left
 
-    @staticmethod
-    def _servable(c: Client) -> bool:
-        if c.closing or c.busy or c.write_blocked:
+    def _servable(self, c: Client) -> bool:
+        if c.closing or c.busy:
             return False
         if c.head is None and not c.inbuf:
             if c.eof:
                 c.close()  # half-closed and everything it sent has been answered
             return False
+        if c.write_blocked:
+            # It does not read: only a lease renewal, stop or e-stop of it still runs (tiny
+            # replies; the kiosk's UI being slow for a moment must not expire its lease).
+            if c.head is None:
+                c.head = self._next_item(c)
+            return _is_priority(c.head)
         return True
 
     def _next_item(self, c: Client):
@@ -547,12 +552,16 @@ class Daemon:
         c.turn_reply_bytes = 0
         more = True
         while lines < max_lines and nbytes < max_bytes and c.turn_reply_bytes < TURN_REPLY_BYTES:
-            if c.closing or c.busy or c.write_blocked:
+            if c.closing or c.busy:
                 more = False
                 break
             item = c.head if c.head is not None else self._next_item(c)
             c.head = None
             if item is None:
+                more = False
+                break
+            if c.write_blocked and not _is_priority(item):
+                c.head = item  # waits until it reads (woken by resume_writing)
                 more = False
                 break
             kind, value, size = item

@@ -574,9 +574,9 @@ def test_sigterm_after_a_history_flood_drops_pending_work_and_exits_quietly(tmp_
         rc = d.proc.wait(60)
         assert rc == 0, d.log()
         log = d.log()
+        assert "Traceback" not in log and "CancelledError" not in log, log[-3000:]
         m = re.search(r"STOPPING: (\d+) pending request\(s\) dropped", log)
         assert m and int(m.group(1)) > 0, log[-2000:]
-        assert "Traceback" not in log and "CancelledError" not in log, log[-3000:]
         assert "STOPPED output off" in log
         assert not d.socket.exists()
         flood.close()
@@ -605,3 +605,13 @@ def test_request_stop_before_serve_is_not_lost(tmp_path):
         assert not (tmp_path / "hw.sock").exists()
     finally:
         board.close()
+
+
+def test_the_unit_limits_file_descriptors_above_the_connection_cap():
+    # Item 10: a file limit in the unit, with room for the connection cap and the daemon's own.
+    from hw.daemon import MAX_CLIENTS
+
+    unit = (REPO / "systemd" / "microcurrent-hw.service.in").read_text()
+    m = re.search(r"^LimitNOFILE=(\d+)$", unit, re.MULTILINE)
+    assert m, "no LimitNOFILE= in the unit"
+    assert MAX_CLIENTS + 64 <= int(m.group(1)) <= 4096
