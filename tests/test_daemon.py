@@ -615,3 +615,142 @@ def test_the_unit_limits_file_descriptors_above_the_connection_cap():
     m = re.search(r"^LimitNOFILE=(\d+)$", unit, re.MULTILINE)
     assert m, "no LimitNOFILE= in the unit"
     assert MAX_CLIENTS + 64 <= int(m.group(1)) <= 4096
+
+
+# --------------------------------------------------------------------------- the service turns
+class _FakeTransport:
+    """Enough of an asyncio transport to drive Client and Daemon._turn() by hand."""
+
+    def __init__(self, log: list):
+        self.log = log  # (transport, bytes) in the order written, shared by all transports
+        self.closed = False
+        self.reading = True
+
+    def set_write_buffer_limits(self, high=None, low=None) -> None:
+        pass
+
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def write(self, data: bytes) -> None:
+        self.log.append((self, data))
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    abort = close
+
+    def pause_reading(self) -> None:
+        self.reading = False
+
+    def resume_reading(self) -> None:
+        self.reading = True
+
+
+@pytest.fixture
+def service():
+    """A Daemon (hardware not started) and a factory of connected fake clients."""
+    from hw.board import build_sim_board
+    from hw.clock import MonotonicClock
+    from hw.daemon import Client, Daemon
+    from hw.notify import Notifier
+
+    cfg = load_config(None)
+    clock = MonotonicClock()
+    board = build_sim_board(cfg, clock)
+    d = Daemon(cfg, board, clock, Path("/nonexistent/hw.sock"), Path("/nonexistent"), Notifier({}))
+    writes: list = []
+
+    def connect(name: str | None = None):
+        c = Client(d)
+        c.connection_made(_FakeTransport(writes))
+        if name is not None:
+            hello = {"id": "hi", "cmd": "hello", "args": {"protocol": 1, "client": name}}
+            c.data_received((json.dumps(hello) + "\n").encode())
+            while d._turn():
+                pass
+        return c
+
+    yield d, connect, writes
+    board.close()
+
+
+def _ids(writes, c) -> list:
+    return [json.loads(data)["id"] for t, data in writes if t is c.transport]
+
+
+def test_a_turn_serves_renewals_first_and_each_connection_a_bounded_share(service):
+    from hw import daemon as D
+
+    d, connect, writes = service
+    flooders = [connect(f"flood{i}") for i in range(2)]
+    kiosk = connect("kiosk")
+    stranger = connect()  # never says hello
+    writes.clear()
+    for f in flooders:
+        f.data_received(b"".join(b'{"id":%d,"cmd":"programs"}\n' % i for i in range(100)))
+    stranger.data_received(b'{"id":1,"cmd":"status"}\n' * 100 + b"\n" * 5000)
+    kiosk.data_received(b'{"id":"renew","cmd":"lease"}\n')
+    assert d._turn() == "greeted"
+    first = writes[0]
+    assert first[0] is kiosk.transport and json.loads(first[1])["id"] == "renew"
+    for f in flooders:
+        sent = [data for t, data in writes if t is f.transport]
+        assert 1 <= len(sent) <= D.TURN_LINES, len(sent)
+        assert sum(map(len, sent[:-1])) < D.TURN_REPLY_BYTES  # the last one went over the budget
+    replies = [json.loads(data) for t, data in writes if t is stranger.transport]
+    assert 1 <= len(replies) <= D.UNGREETED_TURN_LINES
+    assert all(r["error"]["code"] == "NOT_HELLO" for r in replies)
+    # Every line is answered in the end, in order on each connection.
+    while d._turn():
+        pass
+    for f in flooders:
+        assert _ids(writes, f) == list(range(100))
+    assert _ids(writes, stranger) == [1] * 100
+
+
+def test_nothing_runs_after_bye_in_the_same_read(service):
+    d, connect, writes = service
+    c = connect("leaver")
+    writes.clear()
+    c.data_received(b'{"id":1,"cmd":"bye"}\n{"id":2,"cmd":"estop"}\n{"id":3,"cmd":"status"}\n')
+    while d._turn():
+        pass
+    assert _ids(writes, c) == [1] and c.transport.closed
+    assert not d.guard.tripped  # the estop after bye never ran
+
+
+def test_connection_limits_hello_timeout_idle_and_the_cap(service):
+    from hw import daemon as D
+
+    d, connect, writes = service
+    now = time.monotonic()
+    silent = connect()
+    listener = connect("listener")
+    listener.want_status = True
+    quiet = connect("quiet")
+    d._housekeeping(now + D.HELLO_TIMEOUT_S + 1)
+    assert silent.transport.closed and not quiet.transport.closed
+    d._housekeeping(now + D.IDLE_TIMEOUT_S + 1)
+    assert quiet.transport.closed and not listener.transport.closed  # subscribers may listen
+    for c in (silent, quiet):
+        d._lost(c)
+    # The cap: always room for one more; strangers go first, then the idlest.
+    greeted = [listener] + [connect(f"g{i}") for i in range(5)]
+    strangers = [connect() for _ in range(D.MAX_CLIENTS - len(greeted))]
+    assert len(d.clients) == D.MAX_CLIENTS
+    newcomer = connect("kiosk")
+    assert newcomer in d.clients and len(d.clients) == D.MAX_CLIENTS
+    assert strangers[0].transport.closed and not any(s.transport.closed for s in strangers[1:])
+    for s in strangers[1:]:
+        s.close()
+        d._lost(s)
+    d.lease_holder = greeted[0]
+    while len(d.clients) < D.MAX_CLIENTS:
+        connect(f"more{len(d.clients)}")
+    connect("another")
+    assert not greeted[0].transport.closed  # the lease holder is never the one to go
+    assert greeted[1].transport.closed  # the idlest of the rest
