@@ -226,6 +226,7 @@ class Client(asyncio.Protocol):
         self.discarding = False  # inside an oversized line: drop bytes up to its newline
         self.eof = False  # the peer half-closed: answer what it sent, then close
         self.closing = False  # bye, eviction or shutdown: nothing more of it runs
+        self.closed_s: float | None = None  # when close() was called (its output may still flush)
         self.busy = False  # a history reply is being built: its next request waits (order)
         self.reading_paused = False
         self.write_paused_since: float | None = None
@@ -295,6 +296,8 @@ class Client(asyncio.Protocol):
         """Stop serving it; ``abort`` drops unsent output (a client that does not read)."""
         self.closing = True
         self.inbuf.clear()
+        if self.closed_s is None:
+            self.closed_s = time.monotonic()
         t = self.transport
         if t is not None and not t.is_closing():
             t.abort() if abort else t.close()  # close() still flushes what is queued
@@ -425,23 +428,25 @@ class Daemon:
         if self._stop is not None and self._stop.is_set():
             client.close(abort=True)
             return
-        open_ = [c for c in self.clients if not c.closing]
-        if len(open_) >= MAX_CLIENTS:
-            # Always room for a new connection (the kiosk after a restart): the oldest one that
-            # never said hello goes first, else the one idle longest; never the lease holder.
-            victims = [c for c in open_ if not c.greeted] or [
-                c for c in open_ if c is not self.lease_holder
-            ]
+        if len(self.clients) >= MAX_CLIENTS:
+            # Always room for a new connection (the kiosk after a restart): one already closed
+            # but not yet flushed goes first, then the oldest that never said hello, else the
+            # one idle longest; never the lease holder.
+            others = [c for c in self.clients if c is not self.lease_holder]
+            victims = (
+                [c for c in others if c.closing] or [c for c in others if not c.greeted] or others
+            )
             if victims:
-                v = min(victims, key=lambda c: c.connected_s if not c.greeted else c.last_rx_s)
-                self._conn_log.warning(
-                    "cap",
-                    "connection cap %d reached: closed client %d (%s, %s)",
-                    MAX_CLIENTS,
-                    v.n,
-                    v.name,
-                    "idle" if v.greeted else "no hello",
-                )
+                v = min(victims, key=_eviction_key)
+                if not v.closing:
+                    self._conn_log.warning(
+                        "cap",
+                        "connection cap %d reached: closed client %d (%s, %s)",
+                        MAX_CLIENTS,
+                        v.n,
+                        v.name,
+                        "idle" if v.greeted else "no hello",
+                    )
                 v.close(abort=True)
                 self.clients.discard(v)
         self.clients.add(client)
@@ -844,6 +849,9 @@ class Daemon:
         """Connection limits: hello timeout, write stall, idle limit."""
         for c in list(self.clients):
             if c.closing:
+                if c.closed_s is not None and now - c.closed_s > WRITE_STALL_S:
+                    c.close(abort=True)  # closed but never read its last replies: let it go
+                    self.clients.discard(c)
                 continue
             if not c.greeted and now - c.connected_s > HELLO_TIMEOUT_S:
                 self._conn_log.warning(
@@ -931,6 +939,12 @@ _LEASED = frozenset(
         State.SELF_TEST,
     }
 )
+
+
+def _eviction_key(c: Client) -> float:
+    if c.closing:
+        return c.closed_s or 0.0
+    return c.last_rx_s if c.greeted else c.connected_s
 
 
 def _is_priority(item) -> bool:
