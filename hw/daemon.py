@@ -166,9 +166,9 @@ PRIORITY_COMMANDS = frozenset({"lease", "stop", "estop"})  # served first in eve
 # front of the treatment record's begin() by more than one query.
 BULK_COMMANDS = frozenset({"history", "treatment", "totals", "events", "export_csv"})
 MAX_BULK_IN_FLIGHT = 1
-# ...and after each one the next waits as long as it took: the history thread, which shares the
-# GIL and the CPU with the control loop, is busy at most half the time however hard it is asked.
-BULK_PAUSE_FACTOR = 1.0
+# ...and after each one the next waits three times as long as it took: the history thread, which
+# shares the GIL and the CPU with the control loop, is busy at most a quarter of the time.
+BULK_PAUSE_FACTOR = 3.0
 BULK_CHUNK_ITEMS = 10  # records encoded per json.dumps call (the C encoder holds the GIL)
 BULK_CHUNK_CHARS = 16 * 1024  # CSV characters encoded per call
 # Connection limits.
