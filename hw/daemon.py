@@ -338,6 +338,7 @@ class Daemon:
         self._paced = False
         self._bulk_in_flight = 0
         self._bulk_next_s = 0.0  # (monotonic) no history query starts before this
+        self._bulk_timer = False
         self._conn_log = _RateLimitedLog()
         self.socket_lock_fd: int | None = None  # flock on <socket>.lock, held while we serve
         # (bench) monotonic times at which the loop applied level changes
@@ -592,9 +593,15 @@ class Daemon:
             return False  # woken by the reply of the one in flight
         wait_s = self._bulk_next_s - time.monotonic()
         if wait_s > 0:
-            self._aio.call_later(wait_s, self._wake)
+            if not self._bulk_timer:  # one timer, however many turns ask meanwhile
+                self._bulk_timer = True
+                self._aio.call_later(wait_s, self._bulk_wake)
             return False
         return True
+
+    def _bulk_wake(self) -> None:
+        self._bulk_timer = False
+        self._wake()
 
     def _dispatch(self, client: Client, req: P.Request) -> None:
         t_rx = time.monotonic()
