@@ -670,7 +670,7 @@ def flood_figures(seconds: float = FLOOD_S) -> dict:
                     break
                 time.sleep(0.05)
             _run_treatment(c, FLOOD_PROGRAM)
-            per = run_floods(sock, c, seconds=seconds)
+            per = run_floods(sock, c, kinds=tuple(FLOODS), seconds=seconds)
             if c.request("status")["state"] == "running":
                 c.request("stop")
             c.close()

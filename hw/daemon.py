@@ -173,7 +173,7 @@ BULK_CHUNK_ITEMS = 10  # records encoded per json.dumps call (the C encoder hold
 BULK_CHUNK_CHARS = 16 * 1024  # CSV characters encoded per call
 # Connection limits.
 MAX_CLIENTS = 32  # at the cap the oldest un-greeted (else the idlest) connection makes room
-ACCEPT_BACKLOG = 64  # also how many connections one turn of the event loop accepts at most
+ACCEPT_BACKLOG = 16  # also how many connections one turn of the event loop accepts at most
 HELLO_TIMEOUT_S = 10.0  # no hello within this after connecting: closed
 IDLE_TIMEOUT_S = 300.0  # nothing received for this and not subscribed to status: closed
 WRITE_STALL_S = 5.0  # output unread above WRITE_HIGH_BYTES for this long: closed as too slow
