@@ -587,8 +587,9 @@ def _ensure_running(kiosk, program: str = FLOOD_PROGRAM) -> None:
     _run_treatment(kiosk, program)
 
 
-def socks_closed(socks: list) -> bool:
-    return all(s.fileno() < 0 for s in socks)
+def _flood_main(kind: str, sock_path: str, stop) -> None:
+    for s in FLOODS[kind](sock_path, stop):
+        s.close()
 
 
 def run_floods(sock_path, kiosk, kinds=tuple(FLOODS), seconds: float = FLOOD_S) -> dict:
@@ -598,25 +599,23 @@ def run_floods(sock_path, kiosk, kinds=tuple(FLOODS), seconds: float = FLOOD_S) 
     Returns per flood: the kiosk's round trips (ms), whether every renewal answered
     ``held: true``, and the status after it (the treatment must still be running, no fault).
     """
-    import threading
+    import multiprocessing
 
     raise_fd_limit()
+    # Each flood runs in its own process, as another local client would: in this process it would
+    # compete with the kiosk-like client for this interpreter's GIL and distort its round trips.
+    ctx = multiprocessing.get_context("fork")
     out = {}
     for kind in kinds:
         _ensure_running(kiosk)  # after a trip: acknowledge, self-test, start again
-        stop = threading.Event()
-        socks: list = []
-        t = threading.Thread(
-            target=lambda k, st, out: out.extend(FLOODS[k](sock_path, st)),
-            args=(kind, stop, socks),
-            daemon=True,
-        )
-        t.start()
+        stop = ctx.Event()
+        p = ctx.Process(target=_flood_main, args=(kind, str(sock_path), stop), daemon=True)
+        p.start()
         rtt, held, errors = [], True, []
         end = time.monotonic() + seconds
-        # Renew every 100 ms until the flood is over and its sockets closed (a lease left
-        # unrenewed by this harness would expire by itself).
-        while not errors and (time.monotonic() < end or t.is_alive() or not socks_closed(socks)):
+        # Renew every 100 ms until the flood process has ended and its sockets are closed (a
+        # lease left unrenewed by this harness would expire by itself).
+        while not errors and (time.monotonic() < end or p.is_alive()):
             if time.monotonic() >= end:
                 stop.set()
             t0 = time.perf_counter()
@@ -627,14 +626,12 @@ def run_floods(sock_path, kiosk, kinds=tuple(FLOODS), seconds: float = FLOOD_S) 
                 break
             rtt.append((time.perf_counter() - t0) * 1000.0)
             held = held and r.get("held") is True
-            if stop.is_set() and not t.is_alive():
-                for s in socks:
-                    s.close()
             time.sleep(max(0.0, 0.1 - (time.perf_counter() - t0)))
         stop.set()
-        t.join(10)
-        for s in socks:
-            s.close()
+        p.join(10)
+        if p.is_alive():
+            p.kill()
+            p.join(5)
         status = kiosk.request("status")
         out[kind] = {"rtt_ms": rtt, "held": held, "errors": errors, "status": status}
     return out
