@@ -29,7 +29,18 @@ class Client:
     ):
         self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self.sock.settimeout(timeout_s)
-        self.sock.connect(str(path))
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                self.sock.connect(str(path))
+                break
+            except BlockingIOError:
+                # A full listen backlog (the daemon is busy accepting): with a timeout set,
+                # AF_UNIX connect() answers EAGAIN at once instead of waiting. Wait ourselves.
+                if time.monotonic() >= deadline:
+                    self.sock.close()
+                    raise TimeoutError(f"{path}: the daemon accepted no connection") from None
+                time.sleep(0.01)
         self._buf = b""
         self._ids = itertools.count(1)
         self.events: collections.deque[dict] = collections.deque(maxlen=5000)

@@ -22,6 +22,7 @@ import asyncio
 import collections
 import concurrent.futures
 import datetime as _dt
+import fcntl
 import functools
 import io
 import itertools
@@ -196,32 +197,157 @@ def service_task(name: str):
 
 
 # --------------------------------------------------------------------------------- clients
-class Client:
+# Fair service (docs/protocol.md, "Fair service"): one turn of the service task serves every
+# connection with pending input at most this much, so no connection can hold the service thread,
+# which also renews the lease, for longer than its share.
+TURN_LINES = 16  # request lines (blank ones included) per connection per turn
+TURN_BYTES = 16 * 1024  # request bytes parsed per connection per turn (at least one line)
+TURN_REPLY_BYTES = 32 * 1024  # reply bytes per connection per turn
+UNGREETED_TURN_LINES = 4  # a connection that has not said hello gets less
+UNGREETED_TURN_BYTES = 2048
+UNGREETED_PACE_S = 0.005  # ...and, when only such connections have work, one turn per 5 ms
+INPUT_BUFFER_MAX = 64 * 1024  # unparsed input above this: stop reading from that socket
+WRITE_HIGH_BYTES = 64 * 1024  # unread output above this: serve none of that client's requests
+PRIORITY_COMMANDS = frozenset({"lease", "stop", "estop"})  # served first in every turn
+# History queries run on the history thread one at a time: a flood of them can never sit in
+# front of the treatment record's begin() by more than one query.
+BULK_COMMANDS = frozenset({"history", "treatment", "totals", "events", "export_csv"})
+MAX_BULK_IN_FLIGHT = 1
+# ...and after each one the next waits three times as long as it took: the history thread, which
+# shares the GIL and the CPU with the control loop, is busy at most a quarter of the time.
+BULK_PAUSE_FACTOR = 3.0
+BULK_CHUNK_ITEMS = 10  # records encoded per json.dumps call (the C encoder holds the GIL)
+BULK_CHUNK_CHARS = 16 * 1024  # CSV characters encoded per call
+# Connection limits.
+MAX_CLIENTS = 32  # at the cap the oldest un-greeted (else the idlest) connection makes room
+ACCEPT_BACKLOG = 16  # also how many connections one turn of the event loop accepts at most
+HELLO_TIMEOUT_S = 10.0  # no hello within this after connecting: closed
+IDLE_TIMEOUT_S = 300.0  # nothing received for this and not subscribed to status: closed
+WRITE_STALL_S = 5.0  # output unread above WRITE_HIGH_BYTES for this long: closed as too slow
+HOUSEKEEPING_PERIOD_S = 0.5
+# The engine's ``post`` event carries the self-test's step figures: they go to the history's event
+# log and the result to ``status.post``, not to every client (docs/protocol.md, self_test).
+NOT_BROADCAST = frozenset({"post"})
+LOG_EVERY_S = 60.0  # repeated connection warnings (accept errors, limits): one line per minute
+
+
+class _RateLimitedLog:
+    """One log line per ``every_s`` per key, with how many were left out."""
+
+    def __init__(self, every_s: float = LOG_EVERY_S, clock=time.monotonic):
+        self.every_s = every_s
+        self.clock = clock
+        self._last: dict[str, float] = {}
+        self._skipped: collections.Counter = collections.Counter()
+
+    def warning(self, key: str, fmt: str, *args) -> None:
+        now = self.clock()
+        last = self._last.get(key)
+        if last is not None and now - last < self.every_s:
+            self._skipped[key] += 1
+            return
+        self._last[key] = now
+        skipped = self._skipped.pop(key, 0)
+        suffix = f" ({skipped} more like it since the last one)" if skipped else ""
+        log.warning(fmt + suffix, *args)
+
+
+class Client(asyncio.Protocol):
+    """One connection. The daemon's service task reads its requests from ``inbuf``; nothing is
+    dispatched from the socket callbacks themselves."""
+
     _ids = 0
 
-    def __init__(self, writer: asyncio.StreamWriter):
+    def __init__(self, daemon: Daemon):
         Client._ids += 1
         self.n = Client._ids
-        self.writer = writer
+        self.daemon = daemon
+        self.transport: asyncio.Transport | None = None
         self.name = "?"
         self.greeted = False
         self.want_status = False
         self.want_events = True
         self.dropped_status = 0
+        self.inbuf = bytearray()
+        self.head = None  # the next line, taken off inbuf and parsed, not yet run
+        self.discarding = False  # inside an oversized line: drop bytes up to its newline
+        self.eof = False  # the peer half-closed: answer what it sent, then close
+        self.closing = False  # bye, eviction or shutdown: nothing more of it runs
+        self.closed_s: float | None = None  # when close() was called (its output may still flush)
+        self.busy = False  # a history reply is being built: its next request waits (order)
+        self.reading_paused = False
+        self.write_paused_since: float | None = None
+        self.turn_reply_bytes = 0
+        self.connected_s = self.last_rx_s = time.monotonic()
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        transport.set_write_buffer_limits(high=WRITE_HIGH_BYTES)
+        self.daemon._accepted(self)
+
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return  # nothing runs after bye (or after the daemon decided to close it)
+        self.last_rx_s = time.monotonic()
+        if self.discarding:
+            nl = data.find(b"\n")
+            if nl < 0:
+                return
+            data = data[nl + 1 :]
+            self.discarding = False
+        self.inbuf += data
+        if len(self.inbuf) > INPUT_BUFFER_MAX and not self.reading_paused:
+            self.transport.pause_reading()  # back-pressure: the kernel buffers, then the sender
+            self.reading_paused = True
+        self.daemon._wake()
+
+    def eof_received(self) -> bool:
+        self.eof = True
+        self.daemon._wake()
+        return True  # keep our side open: its replies are still sent
+
+    def connection_lost(self, exc) -> None:
+        self.closing = True
+        self.inbuf.clear()
+        self.daemon._lost(self)
+
+    def pause_writing(self) -> None:
+        self.write_paused_since = time.monotonic()
+
+    def resume_writing(self) -> None:
+        self.write_paused_since = None
+        self.daemon._wake()
+
+    # -- used by the daemon
+    @property
+    def write_blocked(self) -> bool:
+        return self.write_paused_since is not None
 
     def send(self, data: bytes, droppable: bool = False) -> None:
-        w = self.writer
-        if w.is_closing():
+        t = self.transport
+        if t is None or t.is_closing():
             return
-        size = w.transport.get_write_buffer_size()
+        size = t.get_write_buffer_size()
         if size > CLIENT_BUFFER_DROP:
             log.warning("client %d (%s) too slow: disconnected", self.n, self.name)
-            w.close()
+            self.close(abort=True)
             return
         if droppable and size > CLIENT_BUFFER_LIMIT:
             self.dropped_status += 1
             return
-        w.write(data)
+        self.turn_reply_bytes += len(data)
+        t.write(data)
+
+    def close(self, abort: bool = False) -> None:
+        """Stop serving it; ``abort`` drops unsent output (a client that does not read)."""
+        self.closing = True
+        self.inbuf.clear()
+        if self.closed_s is None:
+            self.closed_s = time.monotonic()
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.abort() if abort else t.close()  # close() still flushes what is queued
 
 
 class Daemon:
@@ -255,6 +381,15 @@ class Daemon:
         self.service_failure: str | None = None  # set once one failed: no more watchdog pings
         self._aio: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
+        self._stop_requested = False  # request_stop() before serve() is kept, not lost
+        self._work: asyncio.Event | None = None  # set when a connection has something to serve
+        self._turns = 0
+        self._paced = False
+        self._bulk_in_flight = 0
+        self._bulk_next_s = 0.0  # (monotonic) no history query starts before this
+        self._bulk_timer = False
+        self._conn_log = _RateLimitedLog()
+        self.socket_lock_fd: int | None = None  # flock on <socket>.lock, held while we serve
         # (bench) monotonic times at which the loop applied level changes
         self.cmd_applied_s: collections.deque[float] = collections.deque(maxlen=10000)
 
@@ -293,6 +428,8 @@ class Daemon:
             "limit",
         ):
             log.info("EVENT %s %s", name, data)
+        if name in NOT_BROADCAST:
+            return
         msg = P.event(name, data)
         for c in list(self.clients):
             if c.greeted and c.want_events:
@@ -354,65 +491,202 @@ class Daemon:
             if self.supervisor.healthy() and self.services_alive():
                 self.notifier.watchdog()
 
-    # ---------------------------------------------------------------- socket
-    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        client = Client(writer)
-        self.clients.add(client)
-        buf = b""
-        discarding = False
-        try:
-            while True:
-                chunk = await reader.read(65536)
-                if not chunk:
-                    break
-                buf += chunk
-                while True:
-                    nl = buf.find(b"\n")
-                    if nl < 0:
-                        if len(buf) > P.MAX_LINE_BYTES:
-                            if not discarding:
-                                client.send(
-                                    P.reply_error(
-                                        None,
-                                        P.TOO_LARGE,
-                                        f"a request may be at most {P.MAX_LINE_BYTES} bytes",
-                                    )
-                                )
-                            discarding = True
-                            buf = b""
-                        break
-                    line, buf = buf[:nl], buf[nl + 1 :]
-                    if discarding:
-                        discarding = False  # the rest of an oversized line
-                        continue
-                    if not line.strip():
-                        continue
-                    self._dispatch(client, line)
-                    if writer.is_closing():
-                        return
-                # Back-pressure for a client that floods requests faster than it reads replies.
-                if writer.transport.get_write_buffer_size() < CLIENT_BUFFER_LIMIT:
-                    await writer.drain()
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            self.clients.discard(client)
-            if self.lease_holder is client:
-                self.lease_holder = None
-                self.engine.cancel_pending_start()  # its self-test may still be running
-                if self.loop.state in ACTIVE and self.loop.state != OutputState.RAMP_DOWN:
-                    # The controlling client is gone: its lease cannot be renewed, cut now.
-                    log.warning("controller %s disconnected during output", client.name)
-                    self.guard.trip(Fault.LEASE_EXPIRED, f"controller {client.name} disconnected")
-            writer.close()
+    # ---------------------------------------------------------------- socket: fair service
+    def _wake(self) -> None:
+        if self._work is not None:
+            self._work.set()
 
-    def _dispatch(self, client: Client, line: bytes) -> None:
-        t_rx = time.monotonic()
-        try:
-            req = P.parse_request(line)
-        except P.ProtocolError as e:
-            client.send(P.reply_error(e.req_id, e.code, e.message))
+    def _accepted(self, client: Client) -> None:
+        if self._stop is not None and self._stop.is_set():
+            client.close(abort=True)
             return
+        if len(self.clients) >= MAX_CLIENTS:
+            # Always room for a new connection (the kiosk after a restart): one already closed
+            # but not yet flushed goes first, then the oldest that never said hello, else the
+            # one idle longest; never the lease holder.
+            others = [c for c in self.clients if c is not self.lease_holder]
+            victims = (
+                [c for c in others if c.closing] or [c for c in others if not c.greeted] or others
+            )
+            if victims:
+                v = min(victims, key=_eviction_key)
+                if not v.closing:
+                    self._conn_log.warning(
+                        "cap",
+                        "connection cap %d reached: closed client %d (%s, %s)",
+                        MAX_CLIENTS,
+                        v.n,
+                        v.name,
+                        "idle" if v.greeted else "no hello",
+                    )
+                v.close(abort=True)
+                self.clients.discard(v)
+        self.clients.add(client)
+
+    def _lost(self, client: Client) -> None:
+        self.clients.discard(client)
+        if client.busy:
+            client.busy = False  # (its query still finishes; the reply has nowhere to go)
+        if self.lease_holder is client:
+            self.lease_holder = None
+            self.engine.cancel_pending_start()  # its self-test may still be running
+            if self.loop.state in ACTIVE and self.loop.state != OutputState.RAMP_DOWN:
+                # The controlling client is gone: its lease cannot be renewed, cut now.
+                log.warning("controller %s disconnected during output", client.name)
+                self.guard.trip(Fault.LEASE_EXPIRED, f"controller {client.name} disconnected")
+        self._wake()
+
+    @service_task("service")
+    async def _service_task(self) -> None:
+        """Runs the requests of every connection, a bounded share of each per turn."""
+        while True:
+            await self._work.wait()
+            self._work.clear()
+            left = self._turn()
+            if left == "greeted":
+                self._work.set()
+                await asyncio.sleep(0)  # socket callbacks and the other tasks run between turns
+            elif left == "ungreeted" and not self._paced:
+                # Only connections that never said hello still have work: they get their next
+                # share after a pause, so a newline flood cannot keep this thread busy.
+                self._paced = True
+                self._aio.call_later(UNGREETED_PACE_S, self._paced_wake)
+
+    def _paced_wake(self) -> None:
+        self._paced = False
+        self._wake()
+
+    def _turn(self) -> str | None:
+        """One turn: connections whose next request is a lease renewal, stop or e-stop first,
+        then the others (rotating who goes first). Says who has work left for another turn:
+        "greeted", "ungreeted" (only connections without hello) or None."""
+        ready = [c for c in self.clients if self._servable(c)]
+        if not ready:
+            return None
+        self._turns += 1
+        k = self._turns % len(ready)
+        ready = ready[k:] + ready[:k]
+        for c in ready:
+            if c.head is None:
+                c.head = self._next_item(c)
+        ready.sort(key=lambda c: not _is_priority(c.head))  # stable: rotation kept within lanes
+        left = None
+        for c in ready:
+            if self._serve(c):
+                left = "greeted" if c.greeted or left == "greeted" else "ungreeted"
+        return left
+
+    def _servable(self, c: Client) -> bool:
+        if c.closing:
+            return False
+        if c.busy:
+            # A reply of its is pending (a history query, a start): lease, stop and e-stop still
+            # run (their replies overtake it; every reply carries its request's id).
+            if c.head is None:
+                c.head = self._next_item(c)
+            return _is_priority(c.head)
+        if c.head is None and not c.inbuf:
+            if c.eof:
+                c.close()  # half-closed and everything it sent has been answered
+            return False
+        if c.write_blocked:
+            # It does not read: only a lease renewal, stop or e-stop of it still runs (tiny
+            # replies; the kiosk's UI being slow for a moment must not expire its lease).
+            if c.head is None:
+                c.head = self._next_item(c)
+            return _is_priority(c.head)
+        return True
+
+    def _next_item(self, c: Client):
+        """Take the next line off ``c.inbuf``: ("blank" | "error" | "req", value, bytes), or None
+        when no complete line is there."""
+        buf = c.inbuf
+        nl = buf.find(b"\n", 0, P.MAX_LINE_BYTES + 1)
+        if nl < 0:
+            if len(buf) > P.MAX_LINE_BYTES:
+                rest = buf.find(b"\n")
+                if rest < 0:
+                    buf.clear()
+                    c.discarding = True  # the rest of it is dropped as it arrives
+                else:
+                    del buf[: rest + 1]
+                msg = f"a request may be at most {P.MAX_LINE_BYTES} bytes"
+                return ("error", P.reply_error(None, P.TOO_LARGE, msg), P.MAX_LINE_BYTES)
+            if c.eof:
+                buf.clear()  # a partial last line before end-of-file gets no reply
+            return None
+        if nl == 0 or not buf[:nl].strip():
+            # A run of blank lines is one item (its bytes still count against the budget).
+            n = len(buf) - len(buf.lstrip())
+            n = buf.rfind(b"\n", 0, max(n, nl + 1)) + 1
+            del buf[:n]
+            return ("blank", None, n)
+        line = bytes(buf[:nl])
+        del buf[: nl + 1]
+        try:
+            return ("req", P.parse_request(line), nl + 1)
+        except P.ProtocolError as e:
+            return ("error", P.reply_error(e.req_id, e.code, e.message), nl + 1)
+
+    def _serve(self, c: Client) -> bool:
+        """Serve ``c`` within its budget for this turn. True if it has more to do right away."""
+        max_lines = TURN_LINES if c.greeted else UNGREETED_TURN_LINES
+        max_bytes = TURN_BYTES if c.greeted else UNGREETED_TURN_BYTES
+        lines = nbytes = 0
+        c.turn_reply_bytes = 0
+        more = True
+        while lines < max_lines and nbytes < max_bytes and c.turn_reply_bytes < TURN_REPLY_BYTES:
+            if c.closing:
+                more = False
+                break
+            item = c.head if c.head is not None else self._next_item(c)
+            c.head = None
+            if item is None:
+                more = False
+                break
+            if c.busy and not _is_priority(item):
+                c.head = item  # waits for its pending reply (woken when that is sent)
+                more = False
+                break
+            if c.write_blocked and not _is_priority(item):
+                c.head = item  # waits until it reads (woken by resume_writing)
+                more = False
+                break
+            kind, value, size = item
+            if kind == "req" and value.cmd in BULK_COMMANDS and c.greeted and not self._bulk_ok():
+                c.head = item  # waits its turn (woken when the history thread may take it)
+                more = False
+                break
+            lines += 1
+            nbytes += size
+            if kind == "error":
+                c.send(value)
+            elif kind == "req":
+                self._dispatch(c, value)
+        if c.reading_paused and len(c.inbuf) < INPUT_BUFFER_MAX // 2 and not c.closing:
+            c.transport.resume_reading()
+            c.reading_paused = False
+        if c.eof and c.head is None and not c.inbuf and not c.busy and not c.closing:
+            c.close()  # half-closed and everything it sent has been answered
+        return more
+
+    def _bulk_ok(self) -> bool:
+        if self._bulk_in_flight >= MAX_BULK_IN_FLIGHT:
+            return False  # woken by the reply of the one in flight
+        wait_s = self._bulk_next_s - time.monotonic()
+        if wait_s > 0:
+            if not self._bulk_timer:  # one timer, however many turns ask meanwhile
+                self._bulk_timer = True
+                self._aio.call_later(wait_s, self._bulk_wake)
+            return False
+        return True
+
+    def _bulk_wake(self) -> None:
+        self._bulk_timer = False
+        self._wake()
+
+    def _dispatch(self, client: Client, req: P.Request) -> None:
+        t_rx = time.monotonic()
         if not client.greeted and req.cmd != "hello":
             client.send(P.reply_error(req.id, P.NOT_HELLO, "say hello first"))
             return
@@ -428,22 +702,56 @@ class Daemon:
             log.exception("command %s failed", req.cmd)
             client.send(P.reply_error(req.id, P.INTERNAL, f"{type(e).__name__}"))
             return
-        if isinstance(result, asyncio.Future):
+        if isinstance(result, concurrent.futures.Future):
+            # A history query: its reply (already encoded, off this thread) is sent when done;
+            # the client's next request waits for it, so its replies stay in order.
+            client.busy = True
+            self._bulk_in_flight += 1
+            t_submit = time.monotonic()
 
-            def done(f: asyncio.Future) -> None:
+            def done(f: concurrent.futures.Future) -> None:
+                self._bulk_in_flight -= 1
+                now = time.monotonic()
+                self._bulk_next_s = now + BULK_PAUSE_FACTOR * (now - t_submit)
+                client.busy = False
                 e = f.exception()
                 if e is None:
-                    client.send(P.reply_ok(req.id, f.result()))
-                elif isinstance(e, (EngineRefused, CommandRefused)):  # a deferred start's refusal
-                    client.send(P.reply_error(req.id, P.REFUSED, str(e)))
+                    client.send(f.result())
                 elif isinstance(e, LookupError):
                     client.send(P.reply_error(req.id, P.NOT_FOUND, str(e).strip("'\"")))
                 else:
                     client.send(P.reply_error(req.id, P.INTERNAL, type(e).__name__))
+                self._wake()
 
-            result.add_done_callback(done)
-        else:
-            client.send(P.reply_ok(req.id, result))
+            def to_service_thread(f: concurrent.futures.Future) -> None:
+                try:
+                    self._aio.call_soon_threadsafe(done, f)
+                except RuntimeError:
+                    pass  # the service loop has ended (shutdown): the reply is dropped
+
+            result.add_done_callback(to_service_thread)
+            return
+        if isinstance(result, asyncio.Future):
+            # A start waiting for the history (its record and today's time): settled by the
+            # engine on this thread. Its next requests wait (order), but lease, stop and e-stop.
+            client.busy = True
+
+            def settled(f: asyncio.Future) -> None:
+                client.busy = False
+                e = f.exception()
+                if e is None:
+                    client.send(P.reply_ok(req.id, f.result()))
+                elif isinstance(e, (EngineRefused, CommandRefused)):
+                    client.send(P.reply_error(req.id, P.REFUSED, str(e)))
+                else:
+                    client.send(P.reply_error(req.id, P.INTERNAL, type(e).__name__))
+                self._wake()
+
+            result.add_done_callback(settled)
+            return
+        client.send(P.reply_ok(req.id, result))
+        if client.closing:  # bye: its reply is flushed, nothing after it runs
+            client.close()
 
     def _command(self, client: Client, req: P.Request, t_rx: float):
         cmd, a = req.cmd, req.args
@@ -468,7 +776,8 @@ class Daemon:
             client.want_events = a.get("events", client.want_events)
             return {}
         if cmd == "bye":
-            self._aio.call_soon(client.writer.close)
+            client.closing = True  # lines pipelined after it are discarded, never run
+            client.inbuf.clear()
             return {}
         if cmd == "status":
             return self.status()
@@ -519,7 +828,7 @@ class Daemon:
         if cmd == "self_test":
             eng.self_test()
             return {"state": str(eng.state)}
-        return self._history_command(cmd, a)
+        return self._history_command(cmd, a, req.id)
 
     def _start_reply(self, ticket: concurrent.futures.Future):
         """The reply to ``start``: when the history answered and the output was asked for (or the
@@ -549,12 +858,21 @@ class Daemon:
 
         self.loop._queue(mark)
 
-    def _history_command(self, cmd: str, a: dict):
+    def _history_command(self, cmd: str, a: dict, req_id) -> concurrent.futures.Future:
+        """Runs on the history thread, which also encodes the reply in bounded pieces (see
+        ``P.reply_ok_chunked``): no single json.dumps of a large reply ever holds the GIL long
+        enough to stall the control loop, and the service thread only writes the bytes."""
         w = self.worker
+
+        def reply(job):
+            return w.submit(
+                lambda h: P.reply_ok_chunked(req_id, job(h), BULK_CHUNK_ITEMS, BULK_CHUNK_CHARS)
+            )
+
         if cmd == "history":
             limit = a.get("limit", 20)
-            fut = w.submit(lambda h: [_record_dict(r) for r in h.recent(limit)])
-        elif cmd == "treatment":
+            return reply(lambda h: [_record_dict(r) for r in h.recent(limit)])
+        if cmd == "treatment":
             tid = a["id"]
 
             def one(h):
@@ -563,10 +881,10 @@ class Daemon:
                     raise LookupError(f"no treatment {tid}")
                 return _record_dict(r)
 
-            fut = w.submit(one)
-        elif cmd == "totals":
+            return reply(one)
+        if cmd == "totals":
             today = self.recorder.today()
-            fut = w.submit(
+            return reply(
                 lambda h: {
                     **h.totals(),
                     "streak_days": h.streak_days(today),
@@ -574,10 +892,10 @@ class Daemon:
                     "daily_max_s": self.cfg.limits.daily_max_s,
                 }
             )
-        elif cmd == "events":
+        if cmd == "events":
             since, limit = a.get("since_id"), a.get("limit", 100)
-            fut = w.submit(lambda h: [e.__dict__ for e in h.events(limit, since)])
-        elif cmd == "export_csv":
+            return reply(lambda h: [e.__dict__ for e in h.events(limit, since)])
+        if cmd == "export_csv":
             zones = a.get("what") == "zones"
 
             def export(h):
@@ -585,54 +903,122 @@ class Daemon:
                 (h.export_zones_csv if zones else h.export_csv)(f)
                 return {"csv": f.getvalue()}
 
-            fut = w.submit(export)
-        else:
-            raise P.ProtocolError(P.UNKNOWN_COMMAND, cmd)
-        return asyncio.wrap_future(fut, loop=self._aio)
+            return reply(export)
+        raise P.ProtocolError(P.UNKNOWN_COMMAND, cmd)
 
     # ---------------------------------------------------------------- run
     async def serve(self, ready: threading.Event | None = None) -> None:
         """Serve until request_stop(); sets ``ready`` once the self-test is over."""
         self._aio = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        self._work = asyncio.Event()
+        if self._stop_requested:  # SIGTERM before we got here (e.g. during the self-test)
+            log.info("stop requested before serving: not opening the socket")
+            return
+        if self.socket_lock_fd is None:
+            self.socket_lock_fd = acquire_socket_lock(self.socket_path)
+        self._aio.set_exception_handler(self._loop_exception)
         path = self.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() or path.is_symlink():
             if not stat.S_ISSOCK(path.lstat().st_mode):
                 raise RuntimeError(f"{path} exists and is not a socket; refusing to replace it")
-            path.unlink()  # a stale socket from a previous run
-        server = await asyncio.start_unix_server(self._handle, path=str(path), limit=2**16)
+            path.unlink()  # stale: we hold the lock, so no live daemon owns it
+        server = await self._aio.create_unix_server(
+            lambda: Client(self), path=str(path), backlog=ACCEPT_BACKLOG
+        )
         os.chmod(path, 0o660)
         tasks = [
             asyncio.create_task(t())
-            for t in (self._status_task, self._engine_task, self._watchdog_task)
+            for t in (
+                self._status_task,
+                self._engine_task,
+                self._watchdog_task,
+                self._service_task,
+                self._housekeeping_task,
+            )
         ]
         # READY once the self-test has finished (or a latched fault is being shown).
-        while (
+        while not self._stop.is_set() and (
             self.engine.state == State.SELF_TEST
             or self.engine.state == State.IDLE
             and (not self.guard.tripped and self.loop.post_result is None)
         ):
             await asyncio.sleep(0.01)
-        st = self.status()
-        self.notifier.ready(f"{st['state']}")
-        log.info("READY state=%s post=%s socket=%s", st["state"], st["post"], path)
-        if ready is not None:
-            ready.set()
+        if not self._stop.is_set():
+            st = self.status()
+            self.notifier.ready(f"{st['state']}")
+            log.info("READY state=%s post=%s socket=%s", st["state"], st["post"], path)
+            if ready is not None:
+                ready.set()
         await self._stop.wait()
+        # Stop: no new connections, and pending requests are dropped, not finished (a history
+        # flood must not hold SIGTERM past the unit's TimeoutStopSec).
+        server.close()
+        pending = sum(c.inbuf.count(b"\n") + (c.head is not None) for c in self.clients)
+        log.info("STOPPING: %d pending request(s) dropped", pending)
+        for c in list(self.clients):
+            c.close()
         for t in tasks:
             t.cancel()
-        server.close()
+        await asyncio.gather(*tasks, return_exceptions=True)  # quietly: no CancelledError logs
+        await asyncio.sleep(0)  # the transports' last flush and connection_lost callbacks
         for c in list(self.clients):
-            c.writer.close()
+            c.close(abort=True)
         try:
             path.unlink()
         except FileNotFoundError:
             pass
 
+    @service_task("housekeeping")
+    async def _housekeeping_task(self) -> None:
+        while True:
+            await asyncio.sleep(HOUSEKEEPING_PERIOD_S)
+            self._housekeeping(time.monotonic())
+
+    def _housekeeping(self, now: float) -> None:
+        """Connection limits: hello timeout, write stall, idle limit."""
+        for c in list(self.clients):
+            if c.closing:
+                if c.closed_s is not None and now - c.closed_s > WRITE_STALL_S:
+                    c.close(abort=True)  # closed but never read its last replies: let it go
+                    self.clients.discard(c)
+                continue
+            if not c.greeted and now - c.connected_s > HELLO_TIMEOUT_S:
+                self._conn_log.warning(
+                    "hello", "client %d closed: no hello within %g s", c.n, HELLO_TIMEOUT_S
+                )
+                c.close(abort=True)
+            elif c.write_paused_since is not None and now - c.write_paused_since > WRITE_STALL_S:
+                log.warning("client %d (%s) too slow: disconnected", c.n, c.name)
+                c.close(abort=True)
+            elif (
+                not c.want_status
+                and c is not self.lease_holder
+                and now - c.last_rx_s > IDLE_TIMEOUT_S
+            ):
+                self._conn_log.warning(
+                    "idle", "client %d (%s) closed: idle for %g s", c.n, c.name, IDLE_TIMEOUT_S
+                )
+                c.close(abort=True)
+
+    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        # accept() failing (EMFILE...) is reported by asyncio once per retry: rate-limit it.
+        message = str(context.get("message", ""))
+        if "accept" in message:
+            self._conn_log.warning("accept", "%s: %s", message, context.get("exception"))
+            return
+        loop.default_exception_handler(context)
+
     def request_stop(self) -> None:
-        if self._aio is not None and self._stop is not None:
-            self._aio.call_soon_threadsafe(self._stop.set)
+        """Thread- and signal-safe; before serve() it makes serve() return at once."""
+        self._stop_requested = True
+        aio, stop = self._aio, self._stop
+        if aio is not None and stop is not None:
+            try:
+                aio.call_soon_threadsafe(stop.set)
+            except RuntimeError:
+                pass  # the loop has already ended
 
     def shutdown(self) -> None:
         """Output off whatever state we are in, then release everything."""
@@ -644,7 +1030,34 @@ class Daemon:
         self.supervisor.stop()
         self.board.close()
         self.worker.stop()
+        if self.socket_lock_fd is not None:  # the socket is gone: another daemon may start
+            os.close(self.socket_lock_fd)
+            self.socket_lock_fd = None
         log.info("STOPPED output off")
+
+
+class SocketInUse(RuntimeError):
+    """Another daemon holds the socket's lock."""
+
+
+def acquire_socket_lock(socket_path: Path) -> int:
+    """flock(2) ``<socket>.lock`` and return its fd (held until closed or the process ends).
+
+    A second daemon must not take a live daemon's socket over (nor remove it when it stops); a
+    lock, not a connect probe, says whether one is alive: the kernel drops it when the owner dies.
+    The lock file is never removed (removing it would let two daemons lock two different files).
+    """
+    lock = socket_path.with_name(socket_path.name + ".lock")
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise SocketInUse(
+            f"another daemon owns {socket_path} (it holds {lock}); not starting"
+        ) from None
+    return fd
 
 
 _LEASED = frozenset(
@@ -658,6 +1071,16 @@ _LEASED = frozenset(
         State.SELF_TEST,
     }
 )
+
+
+def _eviction_key(c: Client) -> float:
+    if c.closing:
+        return c.closed_s or 0.0
+    return c.last_rx_s if c.greeted else c.connected_s
+
+
+def _is_priority(item) -> bool:
+    return item is not None and item[0] == "req" and item[1].cmd in PRIORITY_COMMANDS
 
 
 def _unacknowledged_fault(h: History) -> str | None:
@@ -726,6 +1149,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("CONFIG invalid: no output; fix the file(s) named above")
         notifier.status("config error: no output")
         return 2
+    try:  # before the board: a second daemon must not touch the pins either
+        lock_fd = acquire_socket_lock(Path(args.socket))
+    except (SocketInUse, OSError) as e:
+        log.error("SOCKET %s", e)
+        return 5
     clock = MonotonicClock()
     try:
         board = build_board(cfg, sim=args.sim, clock=clock)
@@ -742,6 +1170,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.sim and args.sim_mirror:
         board.sim.attach_mirror(args.sim_mirror)
     daemon = Daemon(cfg, board, clock, Path(args.socket), state_dir, notifier)
+    daemon.socket_lock_fd = lock_fd
 
     def on_signal(signum, _frame) -> None:
         log.info("SIGNAL %s: output off, stopping", signal.Signals(signum).name)

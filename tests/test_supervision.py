@@ -326,7 +326,10 @@ def hw_daemon(tmp_path):
     board.close()
 
 
-@pytest.mark.parametrize("task", ["_status_task", "_engine_task", "_watchdog_task"])
+@pytest.mark.parametrize(
+    "task",
+    ["_status_task", "_engine_task", "_watchdog_task", "_service_task", "_housekeeping_task"],
+)
 def test_every_service_task_is_supervised(hw_daemon, monkeypatch, task, caplog):
     d, _ = hw_daemon
 
@@ -338,8 +341,17 @@ def test_every_service_task_is_supervised(hw_daemon, monkeypatch, task, caplog):
         monkeypatch.setattr(d, "status", boom)
     elif task == "_engine_task":
         monkeypatch.setattr(d.engine, "tick", boom)
-    else:
+    elif task == "_watchdog_task":
         monkeypatch.setattr(d.supervisor, "healthy", boom)
+    elif task == "_service_task":
+        monkeypatch.setattr(d, "_turn", boom)
+        d._work = asyncio.Event()
+        d._work.set()
+    else:
+        import hw.daemon as daemon_module
+
+        monkeypatch.setattr(daemon_module, "HOUSEKEEPING_PERIOD_S", 0.001)
+        monkeypatch.setattr(d, "_housekeeping", boom)
     assert d.services_alive()
     asyncio.run(getattr(d, task)())  # returns: the supervisor caught it
     assert d.guard.fault is not None and d.guard.fault.code == Fault.INTERNAL
