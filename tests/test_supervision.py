@@ -230,6 +230,35 @@ def test_a_slow_commit_delays_the_start_not_the_lease(tmp_path):
     retry_on_host_timing(tmp_path, scenario)
 
 
+@pytest.mark.slow
+def test_stop_is_not_held_behind_its_own_clients_pending_history_reply(tmp_path):
+    """The kiosk asks for its history during a treatment (a slow card: 3 s), then the person
+    presses STOP: the stop runs now (its reply overtakes the history's), not after the query."""
+
+    def scenario(daemons):
+        d = _faulty(daemons, "history_query_slow")
+        expect_ready(d)
+        c = d.client("kiosk")
+        start_treatment(c, "demo")
+        keep_lease(c, 1.0)
+        c.send_raw(
+            b'{"id": 900, "cmd": "lease"}\n{"id": 901, "cmd": "history", "args": {"limit": 5}}\n'
+        )
+        time.sleep(0.1)  # the query is under way on the history thread
+        c.send_raw(b'{"id": 902, "cmd": "stop"}\n')
+        first = None
+        while first is None:
+            msg = c.read_message(timeout_s=5.0)
+            assert msg is not None, "no reply"
+            if msg.get("id") in (901, 902):
+                first = msg
+        assert first["id"] == 902 and first.get("ok") is True, first
+        st = c.request("status", timeout_s=5.0)
+        assert st["state"] in ("ramp_down", "finished") and st["fault"] is None, st
+
+    retry_on_host_timing(tmp_path, scenario)
+
+
 def _use_up_today(db_path: Path, active_s: float, others: int) -> None:
     """Today's output time used up, plus ``others`` short treatments for the exports to read."""
     import sqlite3

@@ -7,7 +7,8 @@
 - ``history_read``: reading today's treatment time fails (``History.active_s_on``);
 - ``history_begin``: a treatment record cannot be begun;
 - ``history_write``: checkpoints and finishes of a treatment record fail;
-- ``history_slow``: every write to a treatment record takes 400 ms (a slow SD card's commit).
+- ``history_slow``: every write to a treatment record takes 400 ms (a slow SD card's commit);
+- ``history_query_slow``: every ``history`` query takes 3 s (a slow card under a big history).
 
 History failures raise ``sqlite3.OperationalError("disk I/O error")``, what a failing SD card
 gives. Usage: ``python tests/helpers/faulty_daemon.py <the daemon's arguments>``, with the
@@ -44,7 +45,14 @@ def _slow(fn):
 
 def main() -> int:
     faults = {f for f in os.environ.get("MCK_TEST_FAULT", "").split(",") if f}
-    known = {"engine_raises", "history_read", "history_begin", "history_write", "history_slow"}
+    known = {
+        "engine_raises",
+        "history_read",
+        "history_begin",
+        "history_write",
+        "history_slow",
+        "history_query_slow",
+    }
     unknown = faults - known
     if unknown:
         print(f"unknown MCK_TEST_FAULT {sorted(unknown)}", file=sys.stderr)
@@ -61,6 +69,14 @@ def main() -> int:
     if "history_slow" in faults:
         for name in ("begin_treatment", "checkpoint_treatment", "finish_treatment"):
             setattr(history.History, name, _slow(getattr(history.History, name)))
+    if "history_query_slow" in faults:
+        recent = history.History.recent
+
+        def slow_recent(self, *args, **kwargs):
+            time.sleep(3.0)
+            return recent(self, *args, **kwargs)
+
+        history.History.recent = slow_recent
     return daemon.main(sys.argv[1:])
 
 
