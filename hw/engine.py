@@ -726,6 +726,10 @@ class Engine:
             "charge_uc": snap.charge_uc if snap and tr else 0.0,
             "net_dc_charge_uc": snap.net_charge_uc if snap and tr else 0.0,
             "fault": fault.as_dict() if fault else None,
+            # Current flowing with the output off or tripped (a welded relay and a stage fault):
+            # the alarm tells the person to take the electrodes off; show it before the fault.
+            "residual_ua": snap.residual_ua if snap else 0.0,
+            "alarm": guard.alarm.as_dict() if guard.alarm else None,
             "post": {
                 "valid": guard.post_valid,
                 "passed": (self.loop.post_result or {}).get("passed"),
