@@ -215,6 +215,9 @@ class Pins(_Strict):
     output_led: int = _rng(2, 27)
     charger: int = _rng(2, 27)
     dac_shutdown: int = _rng(2, 27)  # to the DAC's /SHDN pin: a path to zero without SPI
+    # Self-test lines that open the e-stop / charger element of the relay coil's series chain.
+    estop_test: int = _rng(2, 27)
+    charger_test: int = _rng(2, 27)
 
 
 class AdcChannels(_Strict):

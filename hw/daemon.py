@@ -379,6 +379,7 @@ class Daemon:
         self.lease_holder: Client | None = None
         self.service_tasks: dict[str, asyncio.Task] = {}  # long-lived tasks under supervision
         self.service_failure: str | None = None  # set once one failed: no more watchdog pings
+        self.startup_post_refused: str | None = None  # why the start-up self-test could not run
         self._aio: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._stop_requested = False  # request_stop() before serve() is kept, not lost
@@ -414,7 +415,13 @@ class Daemon:
             self.guard.trip(Fault.UNACKNOWLEDGED, why)
             self.recorder.event("fault", str(Fault.UNACKNOWLEDGED), why)
         else:
-            self.engine.self_test()
+            try:
+                self.engine.self_test()
+            except EngineRefused as e:
+                # A charger plugged in or the e-stop pressed at boot: come up idle and say why;
+                # the self-test runs when a start asks for it (after the cause is gone).
+                self.startup_post_refused = str(e)
+                log.warning("SELF-TEST not run at start-up: %s", e)
 
     # ---------------------------------------------------------------- events and status
     def _emit(self, name: str, data: dict) -> None:
@@ -942,7 +949,11 @@ class Daemon:
         while not self._stop.is_set() and (
             self.engine.state == State.SELF_TEST
             or self.engine.state == State.IDLE
-            and (not self.guard.tripped and self.loop.post_result is None)
+            and (
+                not self.guard.tripped
+                and self.loop.post_result is None
+                and self.startup_post_refused is None
+            )
         ):
             await asyncio.sleep(0.01)
         if not self._stop.is_set():

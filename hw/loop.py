@@ -393,6 +393,11 @@ class ControlLoop:
             raise CommandRefused(f"the self-test needs the output off (it is {self.state})")
         if self.guard.tripped:
             raise CommandRefused("acknowledge the fault before the self-test")
+        # The charger interlock sits in the relay coil's chain: with a charger in, the relay
+        # cannot close and the self-test could only fail. Say what to do instead. (A pressed
+        # e-stop trips ESTOP in every state, so it is refused above once the loop has seen it.)
+        if self.board.lines.charger_pin.state:
+            raise CommandRefused("a charger is connected: unplug it, then run the self-test")
         self.post_result = None  # nobody may read the previous result as this one's
 
         def apply() -> None:

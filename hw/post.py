@@ -16,6 +16,14 @@ the internal test load, never the electrodes. Steps:
 6. Dead-man: kicks stop while enabled -> the relay must drop within the monostable time.
 7. DAC /SHDN line low while driving -> the current must stop (the path to zero without SPI).
 8. Relay: enable low while the DAC drives -> no current may flow (a welded relay fails here).
+9. E-stop interlock: the ``estop_test`` line opens the e-stop loop in the relay coil's series
+   chain as a press does: the e-stop line must report it and the relay must drop with enable high
+   and the kicks alive (a bridged element fails here); then the line clears and the relay closes.
+10. Charger interlock: the same with ``charger_test``, which pulls the charger detect as a
+    charger does.
+
+Every judgement of current waits the relay's datasheet operate (``relay_operate_ms``) or release
+(``relay_release_ms``) time after the relay was told to close or open.
 
 A failure trips ``POST_FAILED`` with the step and the figures; a pass sets ``guard.post_valid``.
 """
@@ -97,6 +105,45 @@ def _kick_for(loop: ControlLoop, seconds: float) -> Iterator[float]:
         yield 0.0
         if loop.clock.now() >= t_end:
             return
+
+
+def _interlock_step(loop: ControlLoop, step: str, test_line, readback, what: str, note):
+    """Current flows through the closed relay; the test line opens one element of the coil's
+    series chain: its read-back must report it and the relay must drop with enable high and the
+    kicks alive (nothing else can cut). Then the line drops, the read-back clears, the relay
+    closes again. A bridged element fails here."""
+    fe, post = loop.cfg.hardware.front_end, loop.cfg.hardware.post
+    operate_s = fe.relay_operate_ms / 1000.0
+    release_s = fe.relay_release_ms / 1000.0
+    loop.board.lines.output_enable.on()
+    yield from _kick_for(loop, operate_s + 0.001)
+    flowing = _mean_current(loop, 4)
+    if abs(flowing) < post.check_current_ua * 0.5:
+        raise PostFailure(f"no current through the relay before the {what} test: {flowing:.1f}")
+    test_line.on()
+    try:
+        reported = bool(readback.state)
+        yield from _kick_for(loop, release_s + 0.001)
+        after = _mean_current(loop, 8)
+        reported = reported and bool(readback.state)
+    finally:
+        test_line.off()
+    if not reported:
+        raise PostFailure(f"the {what} line does not report its interlock opened")
+    if abs(after) > post.zero_tolerance_ua:
+        raise PostFailure(
+            f"{after:.1f} uA still flows with the {what} interlock open (bridged?): "
+            f"the {what} would not cut the output without software"
+        )
+    if readback.state:
+        # Still open with the test line low: a real press or charger. The loop's own check of
+        # that line ends the self-test with its fault; nothing here decides it.
+        return
+    yield from _kick_for(loop, operate_s + 0.001)
+    back = _mean_current(loop, 4)
+    if abs(back) < post.check_current_ua * 0.5:
+        raise PostFailure(f"the relay does not close again after the {what} test: {back:.1f}")
+    note(step, before_ua=flowing, after_ua=after, again_ua=back)
 
 
 def post_sequence(loop: ControlLoop) -> Iterator[float]:
@@ -277,6 +324,16 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
             raise PostFailure(f"{leak:.1f} uA flows with the relay commanded open (welded?)")
         note("relay", before_ua=flowing, leak_ua=leak)
 
+        # The e-stop and the charger cut the relay coil in hardware (docs/hardware.md); their
+        # test lines open each element of the coil's chain as a press / a charger would.
+        for step, test_line, readback, what in (
+            ("estop_interlock", lines.estop_test, lines.estop_readback_pin, "e-stop"),
+            ("charger_interlock", lines.charger_test, lines.charger_pin, "charger"),
+        ):
+            yield from _interlock_step(loop, step, test_line, readback, what, note)
+
+        lines.output_enable.off()
+        yield from _kick_for(loop, release_s + 0.001)  # the relay opens before the load is left
         _set_dac(loop, fe.dac_zero_code)
         lines.test_load.off()
         step = "confirm"
@@ -294,3 +351,5 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
     finally:
         lines.output_enable.off()
         lines.test_load.off()
+        lines.estop_test.off()
+        lines.charger_test.off()

@@ -331,3 +331,75 @@ def test_dac_driver_over_failing_checked_bus_raises_spifault():
         dac.write_a(2048)
     with pytest.raises(SpiFault):
         dac.shutdown(2048)
+
+
+# --------------------------------------------------------------------------------------------
+# MCP3208 chip model (what the simulated chip shifts out, clock by clock)
+# --------------------------------------------------------------------------------------------
+
+
+def _const(code):
+    return lambda single_ended, d: code
+
+
+def test_adc_chip_model_answers_the_standard_request_as_the_driver_expects():
+    for ch in range(8):
+        for code in (0, 1, 0x800, 0xABC, 4095):
+            seen = []
+
+            def convert(se, d, code=code, seen=seen):
+                seen.append((se, d))
+                return code
+
+            rx = mcp3208.respond(mcp3208.encode_read(ch), convert)
+            assert seen == [(True, ch)]
+            assert mcp3208.decode_reply(rx) == code
+            # High impedance before the null bit reads high: byte 0 and the top of byte 1.
+            assert rx[0] == 0xFF and rx[1] >> 5 == 0b111
+
+
+def test_adc_chip_model_by_hand():
+    # 0xABC on CH3: ???????? | ???0 1010 | 1011 1100, with ? read high.
+    assert mcp3208.respond([0b0000_0110, 0b1100_0000, 0], _const(0xABC)) == [0xFF, 0xEA, 0xBC]
+    # Start bit one clock early: everything comes out one clock early (null bit at 0x20, B11 at
+    # 0x10 where the driver expects the null bit), and B1 (LSB-first) fills the last clock.
+    assert mcp3208.respond([0b0000_1101, 0b1000_0000, 0], _const(0xABC)) == [0xFF, 0xD5, 0x78]
+    # Start bit one clock late: B0 is still inside the chip when the clock stops.
+    assert mcp3208.respond([0b0000_0011, 0b0110_0000, 0], _const(0xABC)) == [0xFF, 0xF5, 0x5E]
+    # 32 clocks: B11..B0, then LSB first B1..B8 (0xABC: 0 1 1 1 1 0 1 0) in the fourth byte.
+    rx = mcp3208.respond([0b0000_0110, 0b1100_0000, 0, 0], _const(0xABC))
+    assert rx == [0xFF, 0xEA, 0xBC, 0b0111_1010]
+
+
+def test_adc_chip_model_leading_zeros_are_ignored():
+    """More leading zeros (a 4-byte request) start the conversion later, as on the chip."""
+    rx = mcp3208.respond([0, 0b0000_0110, 0b1100_0000, 0], _const(0x5A5))
+    assert rx[0] == 0xFF and mcp3208.decode_reply(rx[1:]) == 0x5A5
+
+
+@pytest.mark.parametrize("tx", [[0, 0, 0], [0, 0, 0b0000_0011], [0, 0, 0b0000_0110]])
+def test_adc_chip_model_without_a_complete_request_reads_all_ones(tx):
+    calls = []
+    rx = mcp3208.respond(tx, lambda se, d: calls.append(d) or 0)
+    assert rx == [0xFF] * len(tx) and calls == []
+    with pytest.raises(SpiFault):
+        mcp3208.decode_reply(rx)
+
+
+def test_adc_chip_model_passes_sgl_diff_and_selection():
+    seen = []
+    mcp3208.respond([0b0000_0100 | 1, 0b0100_0000, 0], lambda se, d: seen.append((se, d)) or 0)
+    assert seen == [(False, 0b101)]
+
+
+def test_adc_differential_pairs_per_datasheet():
+    assert [mcp3208.differential_pair(d) for d in range(8)] == [
+        (0, 1),
+        (1, 0),
+        (2, 3),
+        (3, 2),
+        (4, 5),
+        (5, 4),
+        (6, 7),
+        (7, 6),
+    ]

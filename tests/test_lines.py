@@ -36,6 +36,8 @@ def test_enable_is_low_from_construction(pins):
             lines.test_load,
             lines.buzzer,
             lines.output_led,
+            lines.estop_test,
+            lines.charger_test,
         ):
             assert True not in states(dev.pin)
     finally:
@@ -53,26 +55,62 @@ def test_estop_is_normally_closed_and_a_broken_wire_means_stop(pins):
     factory = MockFactory()
     lines = Lines(pins, pin_factory=factory)
     try:
-        pin = lines.estop_pin
+        pin = lines.estop_readback_pin
         assert pin.pull == "up"
         # Nothing holds the line low (wire broken or contact open): the pull-up reads "stop".
         assert pin.state is True
-        assert lines.estop_pressed()
-        pin.drive_low()  # the closed contact of a released button
-        assert not lines.estop_pressed()
-        pin.drive_high()  # pressed: the contact opens
-        assert lines.estop_pressed()
+        assert lines.estop_pressed() and lines.estop_pin.state
+        pin.drive_low()  # the closed loop of a released button
+        assert not lines.estop_pressed() and not lines.estop_pin.state
+        pin.drive_high()  # pressed: the loop opens
+        assert lines.estop_pressed() and lines.estop_pin.state
     finally:
         lines.close()
 
 
-def test_charger_and_latch_inputs_are_not_pulled_up(pins):
+def test_a_broken_charger_wire_reads_charger_present(pins):
+    """Issue 6 item 14: the charger input had a pull-down, so a broken wire read "no charger".
+    Now the detect circuit must actively pull the line low to say "no charger"."""
     factory = MockFactory()
     lines = Lines(pins, pin_factory=factory)
     try:
-        assert lines.charger_pin.pull != "up"
+        pin = lines.charger_pin
+        assert pin.pull == "up"
+        assert pin.state is True  # nothing drives it: broken wire or dead detect circuit
+        pin.drive_low()  # the detect circuit says: no charger
+        assert pin.state is False
+        pin.drive_high()
+        assert pin.state is True  # loop.py reads True as "charger present"
+    finally:
+        lines.close()
+
+
+def test_latch_input_is_not_pulled_up(pins):
+    factory = MockFactory()
+    lines = Lines(pins, pin_factory=factory)
+    try:
         assert lines.latch_pin.pull != "up"
-        assert lines.charger_pin.state is False
+    finally:
+        lines.close()
+
+
+def test_estop_test_pulse_is_not_a_press_but_keeps_start_refused(pins):
+    """While the self-test's estop_test line holds the loop open, the loop's poll (estop_pin)
+    does not read it as a press; start stays refused (estop_pressed) and a press that outlasts
+    the pulse is seen as soon as the line drops."""
+    factory = MockFactory()
+    lines = Lines(pins, pin_factory=factory)
+    try:
+        rb = lines.estop_readback_pin
+        rb.drive_low()
+        lines.estop_test.on()
+        assert not lines.estop_pin.state and lines.estop_pressed()  # test line alone
+        rb.drive_high()  # what the test line does to the loop (or a press during the test)
+        assert not lines.estop_pin.state and lines.estop_pressed()
+        lines.estop_test.off()
+        assert lines.estop_pin.state and lines.estop_pressed()  # still open: seen at once
+        rb.drive_low()
+        assert not lines.estop_pin.state and not lines.estop_pressed()
     finally:
         lines.close()
 

@@ -290,10 +290,10 @@ def test_a_trip_that_could_not_take_the_bus_is_completed_by_the_loop(running_rig
         b.dac.shutdown = orig
     finally:
         b.bus_lock.release()
-    assert rig.sim.plant.dac_a_active  # the SPI shutdown did not happen
+    assert rig.sim.plant.dac_a_word.active  # the SPI shutdown did not happen
     rig.step()
     rig.step()
-    assert not rig.sim.plant.dac_a_active and not rig.sim.plant.dac_b_active
+    assert not rig.sim.plant.dac_a_word.active and not rig.sim.plant.dac_b_word.active
 
 
 def test_the_learned_gain_is_forgotten_for_a_new_treatment(running_rig):

@@ -1,4 +1,6 @@
-"""The simulated board is as strict as the parts: a relay with operate, bounce and release times.
+"""The simulated board is as strict as the parts: a relay with operate, bounce and release times,
+an MCP4922 that honours every bit of its word, an MCP3208 that answers bit by bit, a bus that
+releases the GIL, and a mutated driver that now fails the self-test.
 
 Everything here runs in simulated time on the board alone (no control loop), or through the
 self-test, so every figure is exact and repeatable.
@@ -6,12 +8,18 @@ self-test, so every figure is exact and repeatable.
 
 from __future__ import annotations
 
+import dataclasses
+import threading
+
 import pytest
 
 from hw.board import build_sim_board
-from hw.chips.mcp4922 import CHANNEL_B, DacWord
+from hw.bus import SpiFault
+from hw.chips import mcp3208, mcp4922
+from hw.chips.mcp4922 import CHANNEL_A, CHANNEL_B, DacWord
 from hw.clock import SimClock
 from hw.config import load_config
+from hw.safety import Fault
 from hw.sim.plant import Load
 from hw.sim.rig import SimRig
 
@@ -215,3 +223,209 @@ def test_adc_current_stuck_freezes_only_the_current_channel(bench):
     bench.sim.clear("adc_current_stuck")
     minus = adc.read(ch.current)
     assert fe.adc_zero_code - minus > 0.9 * CHECK_UA / fe.adc_ua_per_code
+
+
+# --------------------------------------------------------------------------------------------
+# MCP4922: every bit of the word acts as on the chip
+# --------------------------------------------------------------------------------------------
+
+
+def _write(bench, word):
+    bench.sim.dac_bus.xfer2(list(mcp4922.encode(word)))
+
+
+def test_dac_gain_bit_doubles_the_output_clipped_at_the_rail(bench):
+    p = bench.plant
+    fe = bench.cfg.hardware.front_end
+    ua = fe.dac_ua_per_code
+    _write(bench, DacWord(CHANNEL_A, 1500))
+    assert p.i_command_ua == pytest.approx((1500 - fe.dac_zero_code) * ua)
+    _write(bench, DacWord(CHANNEL_A, 1500, gain_1x=False))
+    assert p.dac_output_v(p.dac_a_word) == pytest.approx(2 * 3.3 * 1500 / 4096)
+    assert p.i_command_ua == pytest.approx((3000 - fe.dac_zero_code) * ua)
+    # Twice the zero code is the rail: full scale positive, not zero.
+    _write(bench, DacWord(CHANNEL_A, fe.dac_zero_code, gain_1x=False))
+    assert p.dac_output_v(p.dac_a_word) == pytest.approx(p.dac_vdd_v)
+    assert p.i_command_ua == pytest.approx((4096 - fe.dac_zero_code) * ua)
+    _write(bench, DacWord(CHANNEL_A, 4000, gain_1x=False))
+    assert p.i_command_ua == pytest.approx((4096 - fe.dac_zero_code) * ua)  # clipped
+    # Channel B (the comparator threshold) the same way.
+    _write(bench, DacWord(CHANNEL_B, 1000))
+    t1 = p.threshold_ua
+    _write(bench, DacWord(CHANNEL_B, 1000, gain_1x=False))
+    assert p.threshold_ua == pytest.approx(2 * t1)
+    assert t1 == pytest.approx(1000 * fe.threshold_ua_per_code)
+
+
+def test_dac_buf_bit_takes_the_buffered_reference_range(bench):
+    """VREF is tied to VDD: unbuffered is in range, buffered stops 40 mV short of VDD."""
+    p = bench.plant
+    _write(bench, DacWord(CHANNEL_A, 3000))
+    assert p.dac_output_v(p.dac_a_word) == pytest.approx(3.3 * 3000 / 4096)
+    _write(bench, DacWord(CHANNEL_A, 3000, buffered=True))
+    assert p.dac_output_v(p.dac_a_word) == pytest.approx((3.3 - 0.04) * 3000 / 4096)
+    fe = bench.cfg.hardware.front_end
+    # At the zero code the stage sees 20 mV below its mid-scale bias: about -12 uA.
+    _write(bench, DacWord(CHANNEL_A, fe.dac_zero_code, buffered=True))
+    assert p.i_command_ua == pytest.approx(-0.04 / 2 / 3.3 * 4096 * fe.dac_ua_per_code)
+
+
+def test_dac_shdn_bit_and_channel_select(bench):
+    p = bench.plant
+    fe = bench.cfg.hardware.front_end
+    _write(bench, DacWord(CHANNEL_A, 2500))
+    _write(bench, DacWord(CHANNEL_B, 1500))
+    a = p.i_command_ua
+    assert a > 0 and p.threshold_ua > 0
+    _write(bench, DacWord(CHANNEL_B, 1200))  # a B word leaves A alone
+    assert p.i_command_ua == a and p.threshold_ua == pytest.approx(1200 * fe.threshold_ua_per_code)
+    _write(bench, DacWord(CHANNEL_A, 2500, active=False))
+    assert p.i_command_ua == 0.0  # shut down: the bias network holds mid-scale
+    _write(bench, DacWord(CHANNEL_B, 1200, active=False))
+    assert p.threshold_ua == 0.0  # 0 V at the comparator: the latch trips
+    bench.wait(0.001)
+    assert p.latched
+
+
+def test_dac_word_length_is_handled_as_the_chip_does(bench):
+    p = bench.plant
+    _write(bench, DacWord(CHANNEL_A, 2500))
+    assert bench.sim.dac_bus.xfer2([0x3A]) == [0]  # /CS rose before 16 clocks: ignored
+    assert p.dac_a_code == 2500
+    word = list(mcp4922.encode(DacWord(CHANNEL_A, 1234)))
+    assert bench.sim.dac_bus.xfer2([*word, 0xFF]) == [0, 0, 0]  # clocks after the 16th ignored
+    assert p.dac_a_code == 1234
+
+
+# --------------------------------------------------------------------------------------------
+# MCP3208: the simulated chip answers bit by bit
+# --------------------------------------------------------------------------------------------
+
+
+def _fixed_codes(bench, monkeypatch, codes: dict[str, int]):
+    monkeypatch.setattr(bench.plant, "adc_code", lambda role: codes.get(role, 0))
+
+
+def test_adc_differential_request_returns_the_differential_reading(bench, monkeypatch):
+    ch = bench.cfg.hardware.adc_channels
+    assert (ch.compliance_rail, ch.reference) == (2, 3)
+    _fixed_codes(bench, monkeypatch, {"compliance_rail": 1536, "reference": 3103})
+    bus = bench.sim.adc_bus
+
+    def diff(d):
+        return mcp3208.decode_reply(bus.xfer2([0b0000_0100 | (d >> 2), (d & 3) << 6, 0]))
+
+    assert diff(0b011) == 3103 - 1536  # CH3 (IN+) - CH2 (IN-)
+    assert diff(0b010) == 0  # CH2 - CH3 < 0: the chip reads 0
+    assert mcp3208.decode_reply(bus.xfer2(mcp3208.encode_read(3))) == 3103
+
+
+def test_adc_malformed_requests_get_what_the_chip_sends(bench, monkeypatch):
+    _fixed_codes(bench, monkeypatch, {"reference": 0xABC})
+    bus = bench.sim.adc_bus
+    assert bus.xfer2([0, 0, 0]) == [0xFF, 0xFF, 0xFF]  # no start bit: MISO never driven
+    assert bus.xfer2([0b0000_1101, 0b1000_0000, 0]) == [0xFF, 0xD5, 0x78]  # one clock early
+    assert bus.xfer2([0, 0b0000_0110, 0b1100_0000, 0]) == [0xFF, 0xFF, 0xEA, 0xBC]  # 8 zeros more
+    late = bus.xfer2([0b0000_0011, 0b0110_0000, 0])  # one clock late: B0 never comes out
+    assert late == [0xFF, 0xF5, 0x5E]
+    with pytest.raises(SpiFault):
+        mcp3208.decode_reply(late)  # what the driver sees: the null bit reads high
+
+
+# --------------------------------------------------------------------------------------------
+# a mutated driver now fails the self-test (it passed on the forgiving sim)
+# --------------------------------------------------------------------------------------------
+
+
+def _mutate_dac_words(monkeypatch, **fields):
+    encode = mcp4922.encode
+    monkeypatch.setattr(mcp4922, "encode", lambda w: encode(dataclasses.replace(w, **fields)))
+
+
+def _mutate_adc_requests(monkeypatch, fn):
+    monkeypatch.setattr(mcp3208, "_REQUESTS", [fn(r) for r in mcp3208._REQUESTS])
+
+
+@pytest.mark.parametrize(
+    ("mutation", "step", "fault"),
+    [
+        (lambda mp: _mutate_dac_words(mp, gain_1x=False), "calibration", Fault.POST_FAILED),
+        (lambda mp: _mutate_dac_words(mp, buffered=True), "calibration", Fault.POST_FAILED),
+        (lambda mp: _mutate_dac_words(mp, active=False), "latch_rearm", Fault.POST_FAILED),
+        (
+            lambda mp: _mutate_adc_requests(mp, lambda r: [r[0] & ~0b010, r[1], r[2]]),
+            "reference",
+            Fault.POST_FAILED,
+        ),
+        (  # start bit one clock early
+            lambda mp: _mutate_adc_requests(
+                mp, lambda r: [(r[0] << 1) & 0xFF | r[1] >> 7, (r[1] << 1) & 0xFF, 0]
+            ),
+            None,
+            Fault.SPI_ERROR,
+        ),
+    ],
+    ids=["dac_gain_2x", "dac_buffered", "dac_shutdown_bit", "adc_differential", "adc_early_start"],
+)
+def test_a_mutated_driver_fails_the_self_test(monkeypatch, mutation, step, fault):
+    mutation(monkeypatch)
+    rig = SimRig(seed=1)  # the DAC driver precomputes its words at construction
+    try:
+        result = rig.post()
+        assert rig.guard.fault is not None and rig.guard.fault.code == fault, rig.guard.fault
+        assert not rig.guard.post_valid
+        if step is not None:
+            assert not result["passed"] and result["failed_step"] == step, result
+        assert not rig.sim.enable_high
+    finally:
+        rig.close()
+
+
+# --------------------------------------------------------------------------------------------
+# the bus releases the GIL on every transfer, as py-spidev does
+# --------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("which", ["dac", "adc"])
+def test_every_sim_transfer_releases_the_gil_outside_the_board_lock(bench, monkeypatch, which):
+    """py-spidev wraps its ioctl in Py_BEGIN_ALLOW_THREADS: while another thread exists, every
+    simulated transfer yields the GIL once (time.sleep(0)), and not while it holds the board's
+    lock (the threads that then run may need the board: a trip from the service thread)."""
+    import hw.sim.board as simboard
+
+    bus = bench.sim.dac_bus if which == "dac" else bench.sim.adc_bus
+    tx = (
+        list(mcp4922.encode(DacWord(CHANNEL_A, 2048))) if which == "dac" else mcp3208.encode_read(3)
+    )
+    calls = []
+
+    def lock_free_elsewhere() -> bool:
+        got = []
+
+        def other():
+            ok = bench.sim.lock.acquire(timeout=1.0)
+            got.append(ok)
+            if ok:
+                bench.sim.lock.release()
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        return got[0]
+
+    class FakeTime:
+        @staticmethod
+        def sleep(seconds):
+            calls.append((seconds, lock_free_elsewhere()))
+
+    monkeypatch.setattr(simboard, "time", FakeTime)
+    parked = threading.Event()
+    other = threading.Thread(target=parked.wait)  # another Python thread that could run
+    other.start()
+    try:
+        for _ in range(5):
+            bus.xfer2(list(tx))
+    finally:
+        parked.set()
+        other.join()
+    assert calls == [(0, True)] * 5

@@ -1,7 +1,7 @@
 """MCP3208 8-channel 12-bit ADC (Microchip DS21298): pure encode/decode plus a thin driver.
 
-Single-ended conversion, three bytes each way (datasheet section 6.1, "Using the MCP3204/3208 with
-MCUs"):
+The driver only uses single-ended conversions, three bytes each way (datasheet section 6.1, "Using
+the MCP3204/3208 with MCUs"):
 
     sent      0 0 0 0 0 1 SGL D2 | D1 D0 x x x x x x | x x x x x x x x
     received  ? ? ? ? ? ? ?  ?   | ? ? ? 0 B11 B10 B9 B8 | B7 ... B0
@@ -11,6 +11,8 @@ line reads all ones, so a set null bit is reported as a bus fault rather than a 
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 from hw.bus import SpiBus, SpiFault
 
@@ -34,12 +36,47 @@ def decode_reply(rx: bytes | list[int]) -> int:
 
 
 def decode_request(tx: bytes | list[int]) -> int:
-    """The channel a three-byte request asks for (used by the simulated chip)."""
+    """The channel a standard three-byte request asks for (for fakes in tests; the simulated chip
+    answers bit by bit with :func:`respond`, as the real one does)."""
     if len(tx) != 3 or not tx[0] & 0b100:
         raise SpiFault("not an MCP3208 start sequence")
     if not tx[0] & 0b010:
         raise SpiFault("differential mode is not used on this board")
     return ((tx[0] & 1) << 2) | (tx[1] >> 6)
+
+
+def respond(tx: bytes | list[int], convert: Callable[[bool, int], int]) -> list[int]:
+    """What the chip shifts out on MISO for the bytes ``tx`` on MOSI, clock by clock (datasheet
+    figures 5-1 and 6-1); used by the simulated chip.
+
+    The first high bit on MOSI after /CS falls is the start bit; leading zeros are ignored. The
+    next four bits are SGL/DIFF, D2, D1, D0. ``convert(single_ended, d)`` returns the 12-bit
+    result for that selection. One clock of sampling (DOUT still high-impedance) follows, then the
+    null bit (0), B11..B0 MSB first, then B1..B11 LSB first, then zeros for as long as the clock
+    runs. High impedance reads as 1 (a floating MISO reads high on this board). A request with no
+    start bit, or one that ends before D0, starts no conversion: every bit reads 1.
+    """
+    bits = [(byte >> (7 - k)) & 1 for byte in tx for k in range(8)]
+    out = [1] * len(bits)
+    try:
+        s = bits.index(1)
+    except ValueError:
+        s = len(bits)
+    if s + 4 < len(bits):
+        d = (bits[s + 2] << 2) | (bits[s + 3] << 1) | bits[s + 4]
+        code = min(max(int(convert(bool(bits[s + 1]), d)), 0), CODE_MAX)
+        msb_first = [(code >> (11 - k)) & 1 for k in range(12)]
+        stream = [0, *msb_first, *msb_first[-2::-1]]  # null, B11..B0, B1..B11
+        for j in range(s + 6, len(bits)):
+            k = j - (s + 6)
+            out[j] = stream[k] if k < len(stream) else 0
+    return [int("".join(map(str, out[i : i + 8])), 2) for i in range(0, len(out) - 7, 8)]
+
+
+def differential_pair(d: int) -> tuple[int, int]:
+    """(IN+, IN-) channels of a pseudo-differential selection D2..D0 (datasheet table 5-2)."""
+    base = d & 0b110
+    return (base + 1, base) if d & 1 else (base, base + 1)
 
 
 def encode_reply(code: int) -> list[int]:

@@ -10,6 +10,7 @@ hardware would see them.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 
 from gpiozero.pins.mock import MockFactory, MockPin
@@ -32,11 +33,33 @@ FAULTS = (
     "overcurrent",  # the V-to-I stage fails to its rail
     "open_circuit",  # a break in the output path before the sense point
     "estop",  # the e-stop button is pressed
+    "estop_wire_broken",  # the e-stop cable is broken: the loop is open
+    "charger_wire_broken",  # the charger-detect wire is broken: reads (and acts as) a charger
+    "estop_bridged",  # the e-stop element of the coil chain does not cut (shorted)
+    "charger_bridged",  # the charger element of the coil chain does not cut (shorted)
     "rail_low",  # the compliance supply sags
     "adc_reference",  # the ADC's reference drifts
 )
 
+# Faults of the coil's series chain, and the plant flag each one sets.
+INTERLOCK_FAULTS = {
+    "estop": "estop_pressed",
+    "charger": "charger_present",
+    "estop_wire_broken": "estop_wire_broken",
+    "charger_wire_broken": "charger_wire_broken",
+    "estop_bridged": "estop_bridged",
+    "charger_bridged": "charger_bridged",
+}
+
 MAX_PIN_HISTORY = 4096  # the dead-man pin toggles every tick; keep the history bounded
+
+
+def _yield_gil() -> None:
+    """Release the GIL once, as py-spidev's xfer2 does around its ioctl, so other threads run
+    here. With no other Python thread that is unobservable, and the syscall of time.sleep(0)
+    would only slow the simulated-time tests (it hands the CPU to other processes)."""
+    if threading.active_count() > 1:
+        time.sleep(0)
 
 
 class SimPin(MockPin):
@@ -70,27 +93,29 @@ class SimDacBus(_SimBus):
     """MCP4922 on its chip select: decodes each 16-bit word into the plant."""
 
     def xfer2(self, data):
+        _yield_gil()
         b = self._board
         with b.lock:
             b._check_spi()
             self.transfers += 1
-            word = mcp4922.decode(data)
             now = b.clock.now()
             p = b.plant
             p.advance(now)
+            if len(data) < 2:
+                return [0] * len(data)  # /CS rose before 16 clocks: the chip ignores it
+            # Clocks after the 16th are ignored (datasheet section 5.1).
+            word = mcp4922.decode(data[:2])
             if p.dac_stuck:
-                return [0, 0]
+                return [0] * len(data)
             if word.channel == mcp4922.CHANNEL_A:
                 # "At zero" is judged by what the stage really drives (calibration applied).
                 was_zero = abs(p.dac_target_ua) < 1.0
-                p.dac_a_code = word.code
-                p.dac_a_active = word.active
+                p.dac_a_word = word
                 if abs(p.dac_target_ua) < 1.0 and not was_zero:
                     b.t_dac_zero = now
             else:
-                p.dac_b_code = word.code
-                p.dac_b_active = word.active
-            return [0, 0]
+                p.dac_b_word = word
+            return [0] * len(data)  # the MCP4922 has no data output: MISO floats
 
 
 class SimAdcBus(_SimBus):
@@ -101,22 +126,33 @@ class SimAdcBus(_SimBus):
         self._roles = roles
 
     def xfer2(self, data):
+        _yield_gil()
         b = self._board
         with b.lock:
             b._check_spi()
             self.transfers += 1
-            channel = mcp3208.decode_request(data)
-            p = b.plant
-            p.advance(b.clock.now())
-            if b.adc_stuck_code is not None:
-                return mcp3208.encode_reply(b.adc_stuck_code)
-            role = self._roles.get(channel, "")
-            if role == "current" and b.adc_current_stuck_code is not None:
-                return mcp3208.encode_reply(b.adc_current_stuck_code)
-            code = p.adc_code(role)
-            b.last_adc_code = code
-            b.last_adc_codes[role] = code
-            return mcp3208.encode_reply(code)
+            b.plant.advance(b.clock.now())
+            # Bit-exact: leading zeros, the start bit, SGL/DIFF and D2..D0 act as on the chip.
+            return mcp3208.respond(data, self._convert)
+
+    def _convert(self, single_ended: bool, d: int) -> int:
+        if single_ended:
+            return self._channel_code(d)
+        # Pseudo-differential: IN+ minus IN-, 0 when IN- is higher (datasheet section 4.1).
+        plus, minus = mcp3208.differential_pair(d)
+        return max(0, self._channel_code(plus) - self._channel_code(minus))
+
+    def _channel_code(self, channel: int) -> int:
+        b = self._board
+        if b.adc_stuck_code is not None:
+            return b.adc_stuck_code
+        role = self._roles.get(channel, "")
+        if role == "current" and b.adc_current_stuck_code is not None:
+            return b.adc_current_stuck_code
+        code = b.plant.adc_code(role)
+        b.last_adc_code = code
+        b.last_adc_codes[role] = code
+        return code
 
 
 class SimBoard:
@@ -136,6 +172,8 @@ class SimBoard:
             hwp.buzzer: "buzzer",
             hwp.output_led: "led",
             hwp.dac_shutdown: "dac_shdn",
+            hwp.estop_test: "estop_test",
+            hwp.charger_test: "charger_test",
         }
         self.pin_numbers = hwp
         ch = cfg.hardware.adc_channels
@@ -210,6 +248,10 @@ class SimBoard:
                 if abs(p.dac_target_ua) < 1.0 and not was:
                     self.t_dac_zero = now
                 self.events.append((now, "dac_shdn", value))
+            elif role in ("estop_test", "charger_test"):
+                setattr(p, role, value)
+                self.events.append((now, role, value))
+                self._drive_interlock_inputs()
             p._update_relay(now)
             if self.mirror is not None and role in ("kick", "enable", "dac_shdn"):
                 self._write_mirror(now)
@@ -236,10 +278,14 @@ class SimBoard:
         """Drive every input line to the plant's state (after the lines have been created)."""
         with self.lock:
             self._drive_input(self.pin_numbers.latch_status, self.plant.latched)
-            self._drive_input(self.pin_numbers.charger, "charger" in self.active_faults)
-            # The e-stop is pulled up: released = high.
-            # Normally-closed e-stop: the closed contact holds the line low; pressed reads high.
-            self._drive_input(self.pin_numbers.estop, "estop" in self.active_faults)
+            self._drive_interlock_inputs()
+
+    def _drive_interlock_inputs(self) -> None:
+        # The read-backs report the chain's signals, not its elements: ESTOP_OK and CHG_OK pull
+        # their lines low; without them the pull-ups win (pressed, charger, broken wire, test).
+        p = self.plant
+        self._drive_input(self.pin_numbers.estop, not p.estop_loop_closed)
+        self._drive_input(self.pin_numbers.charger, not p.charger_ok)
 
     def _check_spi(self) -> None:
         if self.spi_error:
@@ -318,14 +364,14 @@ class SimBoard:
             elif fault == "lift_off":
                 self._contact_before = p.load.contact or 1.0
                 self.set_contact(0.0)
-            elif fault == "charger":
-                self._drive_input(self.pin_numbers.charger, True)
+            elif fault in INTERLOCK_FAULTS:
+                setattr(p, INTERLOCK_FAULTS[fault], True)
+                self._drive_interlock_inputs()
+                p._update_relay(now)
             elif fault == "overcurrent":
                 p.runaway = True
             elif fault == "open_circuit":
                 p.open_circuit = True
-            elif fault == "estop":
-                self._drive_input(self.pin_numbers.estop, True)
             elif fault == "rail_low":
                 p.rail_v = p.fe.rail_nominal_v * 0.6
             elif fault == "adc_reference":
@@ -355,14 +401,14 @@ class SimBoard:
                 p.dead_comparator = False
             elif fault == "lift_off":
                 self.set_contact(getattr(self, "_contact_before", 1.0))
-            elif fault == "charger":
-                self._drive_input(self.pin_numbers.charger, False)
+            elif fault in INTERLOCK_FAULTS:
+                setattr(p, INTERLOCK_FAULTS[fault], False)
+                self._drive_interlock_inputs()
+                p._update_relay(now)
             elif fault == "overcurrent":
                 p.runaway = False
             elif fault == "open_circuit":
                 p.open_circuit = False
-            elif fault == "estop":
-                self._drive_input(self.pin_numbers.estop, False)
             elif fault == "rail_low":
                 p.rail_v = p.fe.rail_nominal_v
             elif fault == "adc_reference":

@@ -4,6 +4,7 @@ Topology (see docs/hardware.md)::
 
     DAC A -> Howland V-to-I (gain/offset error, lag, compliance) -> relay -> load -> shunt
     relay coil    <=>  output_enable AND dead-man monostable held AND NOT latch
+                       AND e-stop loop closed AND no charger (each element unless bridged)
     contacts      :    close ``relay_operate_s`` after the coil is energised, bounce for
                        ``relay_bounce_s`` (current flickers), open ``relay_release_s`` after it
                        drops; a welded relay conducts whatever the coil does
@@ -21,6 +22,7 @@ import math
 import random
 from dataclasses import dataclass
 
+from hw.chips.mcp4922 import CHANNEL_A, CHANNEL_B, DacWord
 from hw.config import Config
 
 OPEN_OHM = 20e6  # leakage of lifted electrodes: a current source into it sits at compliance
@@ -81,12 +83,15 @@ class Plant:
         self.t_s = t0_s
         self.load: Load = SKIN
         self.test_load = Load.resistor(fe.test_load_ohm)
-        # Commanded by the chips and lines
-        self.dac_a_code = fe.dac_zero_code
-        # Until the first write the stage input sits on its bias network at mid-scale (0 uA).
-        self.dac_a_active = False
-        self.dac_b_code = 0
-        self.dac_b_active = False
+        # MCP4922 supply and reference (docs/hardware.md): VREF A and B are tied to the 3.3 V
+        # VDD, which the unbuffered reference input allows (0..VDD) and the buffered one does not
+        # (0.04 V..VDD - 0.04 V): a BUF=1 word gets a reference 40 mV low.
+        self.dac_vdd_v = 3.3
+        self.dac_vref_v = 3.3
+        # Commanded by the chips and lines: the last word latched per channel. Until the first
+        # write both are shut down; the stage input sits on its bias network at mid-scale (0 uA).
+        self.dac_a_word = DacWord(CHANNEL_A, fe.dac_zero_code, active=False)
+        self.dac_b_word = DacWord(CHANNEL_B, 0, active=False)
         self.shdn_high = False  # hardware /SHDN of the MCP4922, pulled down: shut down
         self.enable = False
         self.test_load_selected = False
@@ -104,6 +109,16 @@ class Plant:
         self.i_load_ua = 0.0  # what really flows through the load and shunt
         self.vc_v = 0.0  # voltage on the load's parallel capacitor
         self.v_out_v = 0.0
+        # The series chain of the coil (docs/hardware.md): the e-stop loop and the charger
+        # detect, each with a self-test line that opens it as a press / a charger would.
+        self.estop_pressed = False
+        self.estop_wire_broken = False
+        self.estop_test = False
+        self.charger_present = False
+        self.charger_wire_broken = False
+        self.charger_test = False
+        self.estop_bridged = False  # the chain's e-stop element does not cut (shorted MOSFET)
+        self.charger_bridged = False  # the chain's charger element does not cut
         # Faults
         self.welded = False
         self.dead_comparator = False
@@ -119,17 +134,42 @@ class Plant:
 
     # ---- commands from chips and lines -------------------------------------------------------
     @property
+    def dac_a_code(self) -> int:
+        return self.dac_a_word.code
+
+    @property
+    def dac_b_code(self) -> int:
+        return self.dac_b_word.code
+
+    @property
     def dac_a_on(self) -> bool:
         """DAC A drives its output: software-active and the hardware /SHDN line high."""
-        return self.dac_a_active and self.shdn_high
+        return self.dac_a_word.active and self.shdn_high
+
+    def dac_output_v(self, word: DacWord) -> float:
+        """The channel's output voltage for a latched word (shut-down handled by the caller):
+        VOUT = G * VREF * D / 4096, G = 1 or 2 by /GA, clipped at the rails (datasheet 4.1)."""
+        vref = self.dac_vref_v
+        if word.buffered:
+            vref = min(max(vref, 0.04), self.dac_vdd_v - 0.04)
+        gain = 1 if word.gain_1x else 2
+        return min(gain * vref * word.code / 4096.0, self.dac_vdd_v)
+
+    def _dac_equivalent_code(self, word: DacWord) -> float:
+        """The 1x-unbuffered code that would give this word's output: what the stage and the
+        comparator, scaled in those codes (front_end.dac_ua_per_code), really see."""
+        if word.buffered or not word.gain_1x:
+            return self.dac_output_v(word) / self.dac_vref_v * 4096.0
+        return float(word.code)  # exact for the normal word
 
     @property
     def i_command_ua(self) -> float:
-        """Nominal current of DAC A's code, in uA (0 when shut down: the bias network holds
+        """Nominal current of DAC A's output, in uA (0 when shut down: the bias network holds
         the stage input at mid-scale)."""
         if not self.dac_a_on:
             return 0.0
-        return (self.dac_a_code - self.fe.dac_zero_code) * self.fe.dac_ua_per_code
+        code = self._dac_equivalent_code(self.dac_a_word)
+        return (code - self.fe.dac_zero_code) * self.fe.dac_ua_per_code
 
     @property
     def dac_target_ua(self) -> float:
@@ -151,8 +191,10 @@ class Plant:
 
     @property
     def threshold_ua(self) -> float:
-        on = self.dac_b_active and self.shdn_high
-        return self.dac_b_code * self.fe.threshold_ua_per_code if on else 0.0
+        """Comparator threshold from DAC B, in uA; a shut-down channel B reads 0 V."""
+        if not (self.dac_b_word.active and self.shdn_high):
+            return 0.0
+        return self._dac_equivalent_code(self.dac_b_word) * self.fe.threshold_ua_per_code
 
     def kick(self, level: bool, t_s: float) -> None:
         if level != self.kick_level:
@@ -173,10 +215,27 @@ class Plant:
             if self.on_latch_change:
                 self.on_latch_change(t_s, value)
 
+    @property
+    def estop_loop_closed(self) -> bool:
+        """ESTOP_OK: the NC loop is closed (released, cable whole, not under test)."""
+        return not (self.estop_pressed or self.estop_wire_broken or self.estop_test)
+
+    @property
+    def charger_ok(self) -> bool:
+        """CHG_OK: the detect circuit says no charger, its wire is whole, not under test."""
+        return not (self.charger_present or self.charger_wire_broken or self.charger_test)
+
+    @property
+    def interlocks_closed(self) -> bool:
+        """The coil's series chain conducts: each element closed by its signal or bridged."""
+        return (self.estop_loop_closed or self.estop_bridged) and (
+            self.charger_ok or self.charger_bridged
+        )
+
     def _coil_wanted(self, t_s: float) -> tuple[bool, float]:
         """Whether the coil is energised at ``t_s`` and since when a drop is due (its cause's
         time: the dead-man expires at the last kick plus its hold time)."""
-        if not (self.enable and not self.latched):
+        if not (self.enable and not self.latched and self.interlocks_closed):
             return False, t_s
         expiry = self.last_kick_s + self.deadman_s
         if t_s < expiry:
