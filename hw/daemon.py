@@ -169,7 +169,7 @@ UNGREETED_TURN_BYTES = 2048
 UNGREETED_PACE_S = 0.005  # ...and, when only such connections have work, one turn per 5 ms
 # ...and a sustained rate per connection (token bucket; a run of blank lines costs one per KiB):
 # far above what a kiosk or the CLI sends, far below what would keep this thread busy.
-LINES_PER_S, LINES_BURST = 500.0, 250.0
+LINES_PER_S, LINES_BURST = 2000.0, 1000.0
 UNGREETED_LINES_PER_S, UNGREETED_LINES_BURST = 200.0, 50.0
 INPUT_BUFFER_MAX = 64 * 1024  # unparsed input above this: stop reading from that socket
 WRITE_HIGH_BYTES = 64 * 1024  # unread output above this: serve none of that client's requests
