@@ -43,7 +43,15 @@ from hw.clock import MonotonicClock
 from hw.config import Config, ConfigError, load_config
 from hw.engine import Engine, EngineRefused, State
 from hw.history import History, HistoryError, TreatmentSummary, ZoneSummary
-from hw.loop import ACTIVE, CommandRefused, ControlLoop, LoopRunner, OutputState, Supervisor
+from hw.loop import (
+    ACTIVE,
+    CommandRefused,
+    ControlLoop,
+    LoopRunner,
+    OutputState,
+    Supervisor,
+    _tune_thread,
+)
 from hw.safety import Fault, Guard
 
 log = logging.getLogger("hw")
@@ -206,6 +214,10 @@ TURN_REPLY_BYTES = 32 * 1024  # reply bytes per connection per turn
 UNGREETED_TURN_LINES = 4  # a connection that has not said hello gets less
 UNGREETED_TURN_BYTES = 2048
 UNGREETED_PACE_S = 0.005  # ...and, when only such connections have work, one turn per 5 ms
+# ...and a sustained rate per connection (token bucket; a run of blank lines costs one per KiB):
+# far above what a kiosk or the CLI sends, far below what would keep this thread busy.
+LINES_PER_S, LINES_BURST = 2000.0, 1000.0
+UNGREETED_LINES_PER_S, UNGREETED_LINES_BURST = 200.0, 50.0
 INPUT_BUFFER_MAX = 64 * 1024  # unparsed input above this: stop reading from that socket
 WRITE_HIGH_BYTES = 64 * 1024  # unread output above this: serve none of that client's requests
 PRIORITY_COMMANDS = frozenset({"lease", "stop", "estop"})  # served first in every turn
@@ -278,7 +290,9 @@ class Client(asyncio.Protocol):
         self.reading_paused = False
         self.write_paused_since: float | None = None
         self.turn_reply_bytes = 0
-        self.connected_s = self.last_rx_s = time.monotonic()
+        self.connected_s = self.last_rx_s = self.tokens_s = time.monotonic()
+        self.tokens = UNGREETED_LINES_BURST
+        self.rate_timer = False
 
     # -- asyncio.Protocol
     def connection_made(self, transport) -> None:
@@ -639,10 +653,25 @@ class Daemon:
         """Serve ``c`` within its budget for this turn. True if it has more to do right away."""
         max_lines = TURN_LINES if c.greeted else UNGREETED_TURN_LINES
         max_bytes = TURN_BYTES if c.greeted else UNGREETED_TURN_BYTES
+        rate, burst = (
+            (LINES_PER_S, LINES_BURST)
+            if c.greeted
+            else (UNGREETED_LINES_PER_S, UNGREETED_LINES_BURST)
+        )
+        now = time.monotonic()
+        c.tokens = min(burst, c.tokens + (now - c.tokens_s) * rate)
+        c.tokens_s = now
         lines = nbytes = 0
         c.turn_reply_bytes = 0
         more = True
         while lines < max_lines and nbytes < max_bytes and c.turn_reply_bytes < TURN_REPLY_BYTES:
+            if c.tokens < 1.0:
+                # Over its rate: its next share comes when it has earned one line again.
+                if not c.rate_timer:
+                    c.rate_timer = True
+                    self._aio.call_later((1.0 - c.tokens) / rate, self._rate_wake, c)
+                more = False
+                break
             if c.closing:
                 more = False
                 break
@@ -666,6 +695,7 @@ class Daemon:
                 break
             lines += 1
             nbytes += size
+            c.tokens -= 1.0 + (size // 1024 if kind == "blank" else 0)
             if kind == "error":
                 c.send(value)
             elif kind == "req":
@@ -676,6 +706,10 @@ class Daemon:
         if c.eof and c.head is None and not c.inbuf and not c.busy and not c.closing:
             c.close()  # half-closed and everything it sent has been answered
         return more
+
+    def _rate_wake(self, c: Client) -> None:
+        c.rate_timer = False
+        self._wake()
 
     def _bulk_ok(self) -> bool:
         if self._bulk_in_flight >= MAX_BULK_IN_FLIGHT:
@@ -925,6 +959,14 @@ class Daemon:
         if self.socket_lock_fd is None:
             self.socket_lock_fd = acquire_socket_lock(self.socket_path)
         self._aio.set_exception_handler(self._loop_exception)
+        # The service and history threads share the GIL with the real-time loop. Left at normal
+        # priority, a busy host preempts one of them while it holds the GIL and the loop waits
+        # for it: 10-25 ms, LOOP_STALL (priority inversion; seen under load with the floods of
+        # docs/protocol.md "Fair service"). Real-time too, below the loop and its supervisor.
+        prio = self.cfg.loop.realtime_priority
+        service_prio = max(1, prio // 2) if prio > 0 else 0
+        log.info("service thread: %s", _tune_thread(service_prio))
+        self.worker.submit(lambda h: _tune_thread(service_prio))
         path = self.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() or path.is_symlink():

@@ -569,8 +569,12 @@ def test_fuzz_the_socket(daemons):
     # The flood: cheap hostile lines, sent without reading (replies stay well under 2 MiB).
     cheap = ("random_bytes", "truncated", "wrong_type", "out_of_range", "constants", "not_utf8")
     f_lines, f_exp = build(gen, 3000, greeted=True, kinds=cheap, weights=(1,) * len(cheap))
+    # (before hello on three connections: one without hello gets 200 lines/s and 10 s to say it)
     conns = [
-        Conn(d.socket, "pre-hello", pre_lines, pre_exp, hello=False),
+        *(
+            Conn(d.socket, f"pre-hello{k}", pre_lines[k::3], pre_exp[k::3], hello=False)
+            for k in range(3)
+        ),
         Conn(d.socket, "fuzz-a", a_lines, a_exp, hello=True),
         Conn(d.socket, "fuzz-b", b_lines, b_exp, hello=True),
         Conn(d.socket, "flood", f_lines, f_exp, hello=True, read_delay_s=2.0),
