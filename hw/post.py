@@ -86,11 +86,15 @@ def _restore_and_rearm(loop: ControlLoop, after: str) -> Iterator[float]:
 
 
 def _kick_for(loop: ControlLoop, seconds: float) -> Iterator[float]:
-    """Keep the dead-man alive for ``seconds`` (one toggle per tick)."""
-    ticks = max(1, round(seconds / loop.tick_s))
-    for _ in range(ticks):
+    """Keep the dead-man alive for at least ``seconds`` of the loop's clock (one toggle per
+    tick). Timed, not counted: late ticks run back to back, and a relay's operate or release
+    time must really have passed before its effect is judged."""
+    t_end = loop.clock.now() + max(seconds, loop.tick_s) - 1e-9
+    while True:
         loop.kick_once()
         yield 0.0
+        if loop.clock.now() >= t_end:
+            return
 
 
 def _interlock_step(loop: ControlLoop, step: str, test_line, readback, what: str, note):
