@@ -40,6 +40,8 @@ POST_STEPS = (
     ("deadman", "dead-man monostable drops the relay"),
     ("dac_shutdown", "DAC /SHDN line cuts the current without SPI"),
     ("relay", "no current with the relay commanded open"),
+    ("estop_interlock", "the e-stop element in the relay coil's chain cuts without software"),
+    ("charger_interlock", "the charger element in the relay coil's chain cuts without software"),
 )
 
 LEASE_HELD_HELP = (

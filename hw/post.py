@@ -115,7 +115,7 @@ def _interlock_step(loop: ControlLoop, step: str, test_line, readback, what: str
     fe, post = loop.cfg.hardware.front_end, loop.cfg.hardware.post
     operate_s = fe.relay_operate_ms / 1000.0
     release_s = fe.relay_release_ms / 1000.0
-    loop.board.lines.output_enable.on()
+    _enable(loop)
     yield from _kick_for(loop, operate_s + 0.001)
     flowing = _mean_current(loop, 4)
     if abs(flowing) < post.check_current_ua * 0.5:

@@ -403,3 +403,18 @@ def test_adc_differential_pairs_per_datasheet():
         (6, 7),
         (7, 6),
     ]
+
+
+def test_adc_chip_model_fast_path_matches_the_bit_by_bit_model():
+    """The standard frame takes a fast path; a leading zero byte forces the clock-by-clock path
+    and delays everything by 8 clocks: the two must agree bit for bit."""
+    import random
+
+    rng = random.Random(6)
+    for _ in range(2000):
+        tx = [0b100 | rng.randrange(4), rng.randrange(256), rng.randrange(256)]
+        code = rng.randrange(4096)
+        seen_fast, seen_slow = [], []
+        fast = mcp3208.respond(tx, lambda se, d, s=seen_fast, c=code: s.append((se, d)) or c)
+        slow = mcp3208.respond([0, *tx], lambda se, d, s=seen_slow, c=code: s.append((se, d)) or c)
+        assert fast == slow[1:] and seen_fast == seen_slow, (tx, code)
