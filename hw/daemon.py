@@ -394,6 +394,7 @@ class Daemon:
         self.service_tasks: dict[str, asyncio.Task] = {}  # long-lived tasks under supervision
         self.service_failure: str | None = None  # set once one failed: no more watchdog pings
         self.startup_post_refused: str | None = None  # why the start-up self-test could not run
+        self.sim_skin = "normal"  # the simulated board's skin (sim command)
         self._aio: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
         self._stop_requested = False  # request_stop() before serve() is kept, not lost
@@ -824,6 +825,22 @@ class Daemon:
             return self.status()
         if cmd == "programs":
             return {"programs": [_program_dict(p) for p in self.cfg.programs]}
+        if cmd in ("screening", "screening_status"):
+            # Kept with the history (on its thread; the engine's work goes first).
+            answers = a.get("answers")
+            w = self.worker
+
+            def job(h):
+                if cmd == "screening":
+                    return P.reply_ok(req.id, h.record_screening(answers))
+                last = h.last_screening()
+                return P.reply_ok(
+                    req.id, {"on_record": False} if last is None else {"on_record": True, **last}
+                )
+
+            return w.submit(job, urgent=True)
+        if cmd == "sim":
+            return self._sim_command(a)
         if cmd in P.CONTROL_COMMANDS:
             holder = self.lease_holder
             if holder is not None and holder is not client and eng.state in _LEASED:
@@ -898,6 +915,38 @@ class Daemon:
             self.cmd_applied_s.append(time.monotonic())
 
         self.loop._queue(mark)
+
+    def _sim_command(self, a: dict) -> dict:
+        """The desktop simulation panel (docs/protocol.md, ``sim``): only on the simulated board."""
+        sim = self.board.sim
+        if sim is None:
+            raise P.ProtocolError(P.NOT_SIM, "sim works only with the simulated board (--sim)")
+        from hw.sim.board import FAULTS, SKINS  # the sim package is only needed with --sim
+
+        action = a["action"]
+        if action in ("inject", "clear"):
+            fault = a.get("fault")
+            if fault not in FAULTS:
+                raise P.ProtocolError(
+                    P.OUT_OF_RANGE, f"sim.fault must be one of {', '.join(FAULTS)}"
+                )
+            if action == "inject":
+                if fault not in sim.active_faults:
+                    sim.inject(fault)
+            elif fault in sim.active_faults:
+                sim.clear(fault)
+        elif action == "skin":
+            skin = a.get("skin")
+            if skin not in SKINS:
+                raise P.ProtocolError(P.OUT_OF_RANGE, f"sim.skin must be one of {', '.join(SKINS)}")
+            sim.set_skin(skin)
+            self.sim_skin = skin
+        return {
+            "faults": sorted(sim.active_faults),
+            "skin": self.sim_skin,
+            "known_faults": list(FAULTS),
+            "skins": list(SKINS),
+        }
 
     def _history_command(self, cmd: str, a: dict, req_id) -> concurrent.futures.Future:
         """Runs on the history thread, which also encodes the reply in bounded pieces (see

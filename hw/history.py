@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import json
 import math
 import os
 import re
@@ -63,7 +64,7 @@ __all__ = [
     "ZoneSummary",
 ]
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 #: How a treatment may end. ``'interrupted'`` is what :meth:`History.recover_interrupted` writes.
 END_REASONS = frozenset({"finished", "stopped", "fault", "estop", "interrupted"})
@@ -134,9 +135,25 @@ def _migrate_to_1(conn: sqlite3.Connection) -> None:
             conn.execute(statement)
 
 
+def _iso_utc(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts, _dt.UTC).isoformat(timespec="seconds")
+
+
+def _migrate_to_2(conn: sqlite3.Connection) -> None:
+    # The first-use contraindication check: every answer, with its time, kept with the history.
+    conn.execute(
+        """CREATE TABLE screenings (
+            id      INTEGER PRIMARY KEY,
+            ts      REAL NOT NULL,
+            answers TEXT NOT NULL,
+            passed  INTEGER NOT NULL CHECK (passed IN (0, 1))
+        )"""
+    )
+
+
 #: Migration hook: ``_MIGRATIONS[n]`` upgrades a database at version ``n - 1`` to ``n``. Each runs
 #: inside the same transaction that then sets ``PRAGMA user_version = n``.
-_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1}
+_MIGRATIONS: dict[int, Callable[[sqlite3.Connection], None]] = {1: _migrate_to_1, 2: _migrate_to_2}
 
 
 class HistoryError(RuntimeError):
@@ -754,6 +771,33 @@ class History:
                 (now, kind, code, message, tid),
             )
             return int(cur.lastrowid)
+
+    def record_screening(self, answers: dict[str, bool]) -> dict:
+        """Record a contraindication check: every answer true/false. Passed when none is true.
+        Returns ``{"passed", "t"}`` (``t`` ISO-8601 UTC)."""
+        if not isinstance(answers, dict) or not answers:
+            raise ValueError("answers must be a non-empty mapping")
+        for k, v in answers.items():
+            if not isinstance(k, str) or not _EVENT_KIND_RE.fullmatch(k) or not isinstance(v, bool):
+                raise ValueError(f"answer {k!r} must be a short name with true or false")
+        passed = not any(answers.values())
+        now = self._now()
+        with self._write() as conn:
+            conn.execute(
+                "INSERT INTO screenings (ts, answers, passed) VALUES (?, ?, ?)",
+                (now, json.dumps(answers, sort_keys=True), int(passed)),
+            )
+        return {"passed": passed, "t": _iso_utc(now)}
+
+    def last_screening(self) -> dict | None:
+        """The latest contraindication check, or None when none is on record."""
+        with self._read() as conn:
+            row = conn.execute(
+                "SELECT ts, answers, passed FROM screenings ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+        if row is None:
+            return None
+        return {"passed": bool(row[2]), "t": _iso_utc(row[0]), "answers": json.loads(row[1])}
 
     def recover_interrupted(self) -> list[int]:
         """Close every unfinished treatment as 'interrupted', ended at its last checkpoint.

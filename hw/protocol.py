@@ -50,6 +50,7 @@ VERSION = "VERSION"
 REFUSED = "REFUSED"  # valid, but not possible now (the message says why)
 LEASE_HELD = "LEASE_HELD"  # another client controls the running treatment
 NOT_FOUND = "NOT_FOUND"
+NOT_SIM = "NOT_SIM"  # a command of the simulated board, sent to a daemon on real hardware
 INTERNAL = "INTERNAL"
 
 
@@ -73,6 +74,18 @@ def _str(max_len: int, required: bool = True, choices: tuple | None = None) -> A
 
 def _bool(required: bool = False) -> Arg:
     return Arg(bool, required)
+
+
+#: The first-use contraindication questions, each answered true ("yes, this applies") or false.
+SCREENING_QUESTIONS = (
+    "implant",  # an implanted electronic device such as a pacemaker
+    "epilepsy",
+    "pregnancy",
+    "cancer_or_broken_skin",  # in the area to be treated
+    "recent_surgery_or_injectables",  # in the face
+    "under_18",
+)
+SIM_ACTIONS = ("inject", "clear", "skin", "state")
 
 
 # Every command with its arguments. Controller commands need the treatment lease when one runs.
@@ -103,6 +116,15 @@ COMMANDS: dict[str, dict[str, Arg]] = {
     "totals": {},
     "events": {"since_id": _int(0, 2**62, required=False), "limit": _int(1, 1000, required=False)},
     "export_csv": {"what": _str(20, required=False, choices=("treatments", "zones"))},
+    # Every question must be answered, each with true or false (see SCREENING_QUESTIONS).
+    "screening": {"answers": Arg(dict, True, choices=SCREENING_QUESTIONS)},
+    "screening_status": {},
+    # Only with --sim (the desktop panel): faults and skins are checked by the daemon.
+    "sim": {
+        "action": _str(10, choices=SIM_ACTIONS),
+        "fault": _str(40, required=False),
+        "skin": _str(20, required=False),
+    },
     "bye": {},
 }
 
@@ -136,6 +158,24 @@ def _check_arg(cmd: str, name: str, spec: Arg, value: Any) -> Any:
     elif spec.kind is bool:
         if not isinstance(value, bool):
             raise ProtocolError(BAD_ARGUMENT, f"{where} must be true or false")
+    elif spec.kind is dict:
+        # An object with exactly the keys in ``choices``, each true or false.
+        if not isinstance(value, dict):
+            raise ProtocolError(BAD_ARGUMENT, f"{where} must be an object")
+        keys = set(value)
+        want = set(spec.choices or ())
+        if keys != want:
+            missing, extra = sorted(want - keys), sorted(keys - want)
+            raise ProtocolError(
+                BAD_ARGUMENT,
+                f"{where} must answer exactly {', '.join(spec.choices or ())}"
+                + (f" (missing {', '.join(missing)})" if missing else "")
+                + (f" (unknown {', '.join(k[:40] for k in extra)})" if extra else ""),
+            )
+        for k, v in value.items():
+            if not isinstance(v, bool):
+                raise ProtocolError(BAD_ARGUMENT, f"{where}.{k} must be true or false")
+        return dict(value)
     elif spec.kind is str:
         if not isinstance(value, str):
             raise ProtocolError(BAD_ARGUMENT, f"{where} must be a string")
@@ -143,7 +183,7 @@ def _check_arg(cmd: str, name: str, spec: Arg, value: Any) -> Any:
             raise ProtocolError(OUT_OF_RANGE, f"{where} is longer than {spec.max_len}")
         if not value.isprintable():
             raise ProtocolError(BAD_ARGUMENT, f"{where} has control characters")
-    if spec.choices is not None and value not in spec.choices:
+    if spec.choices is not None and spec.kind is not dict and value not in spec.choices:
         raise ProtocolError(OUT_OF_RANGE, f"{where} must be one of {', '.join(spec.choices)}")
     if spec.lo is not None and value < spec.lo or spec.hi is not None and value > spec.hi:
         raise ProtocolError(OUT_OF_RANGE, f"{where} must be {spec.lo:g}..{spec.hi:g}")

@@ -18,8 +18,10 @@ from gpiozero.pins.mock import MockFactory, MockPin
 from hw.chips import mcp3208, mcp4922
 from hw.clock import Clock
 from hw.config import Config
-from hw.sim.plant import DRY_SKIN, SKIN, SWEATY_SKIN, Load, Plant
+from hw.sim.plant import DAMP_SKIN, DRY_SKIN, SKIN, SWEATY_SKIN, Load, Plant
 
+SKINS = ("normal", "damp", "dry", "sweaty")
+_SKIN_LOADS = {"normal": SKIN, "damp": DAMP_SKIN, "dry": DRY_SKIN, "sweaty": SWEATY_SKIN}
 FAULTS = (
     "adc_stuck",  # every ADC channel returns the code it last converted
     "adc_current_stuck",  # only the current channel (CH0) repeats its last code; others live
@@ -326,7 +328,8 @@ class SimBoard:
             self.plant.load = load
 
     def set_skin(self, kind: str) -> None:
-        self.set_load({"normal": SKIN, "dry": DRY_SKIN, "sweaty": SWEATY_SKIN}[kind])
+        """One of SKINS: normal (gelled or well misted), damp, dry (gel-free), sweaty."""
+        self.set_load(_SKIN_LOADS[kind])
 
     def set_contact(self, contact: float) -> None:
         with self.lock:

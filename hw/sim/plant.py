@@ -49,6 +49,8 @@ class Load:
 # (a few kOhm, time constant ~1 ms); dry skin is an order of magnitude higher, sweat lower.
 SKIN = Load(rs_ohm=1000.0, rp_ohm=15000.0, cp_f=47e-9)
 DRY_SKIN = Load(rs_ohm=3000.0, rp_ohm=200000.0, cp_f=10e-9)
+# Gel-free but misted with water or a toner: between gelled and dry.
+DAMP_SKIN = Load(rs_ohm=2000.0, rp_ohm=40000.0, cp_f=20e-9)
 SWEATY_SKIN = Load(rs_ohm=300.0, rp_ohm=2500.0, cp_f=100e-9)
 
 
