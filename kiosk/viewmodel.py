@@ -29,7 +29,7 @@ TREATING = ("ramp_up", "running", "paused", "ramp_down")
 ACTIVE = ("contact_check", *TREATING)  # a treatment owns the screen; never blank
 IDLE_STATES = ("idle", "ready", "finished")
 ACK_HOLD_S = 1.5  # the fault acknowledge needs a deliberate press this long
-# Contact words from the daemon's contact quality (%); the daemon judges contact, this only words it.
+# Words for the daemon's contact quality (%): the daemon judges contact, this only words it.
 CONTACT_BANDS = ((80.0, "good"), (50.0, "fair"), (0.0, "dry"))
 
 
