@@ -175,6 +175,8 @@ END_REASONS = {
 # Settings
 SETTINGS_TITLE = _("Settings")
 SOUND = _("Sound")
+ON = _("On")
+OFF = _("Off")
 BLANK_AFTER = _("Screen off after")
 SERVICE_AREA = _("Service area")
 PIN_PROMPT = _("Enter the service PIN")

@@ -23,6 +23,11 @@ class SettingsScreen(Screen):
     pin = StringProperty("")
     events_text = staticmethod(events_text)
 
+    @staticmethod
+    def when(screening: dict | None) -> str:
+        t = str((screening or {}).get("t") or "")
+        return t[:16].replace("T", " ")  # ISO-8601 UTC -> "2026-11-30 09:12"
+
     def key(self, vm, digit: str) -> None:
         self.pin = (self.pin + digit)[-4:]
         if len(self.pin) == 4:
