@@ -76,7 +76,13 @@ def main(argv: list[str] | None = None) -> int:
         on_message=vm.on_link_message,
     )
     vm.link = link
-    KioskApp(vm, link=link, socket_path=args.socket, sim_panel=args.sim_panel).run()
+    app = KioskApp(vm, link=link, socket_path=args.socket, sim_panel=args.sim_panel)
+    import signal
+
+    # SIGTERM (systemd, run-sim) and SIGINT end the app through on_stop, like closing the window.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: app.stop())
+    app.run()
     return 0
 
 

@@ -71,5 +71,12 @@ class KioskApp(App):
             self.link.start()
 
     def on_stop(self):
-        if self.link is not None:
-            self.link.close()
+        """Window closed or SIGTERM: a running treatment is stopped (ramp-down) before the
+        connection closes; otherwise the daemon would trip LEASE_EXPIRED on the disconnect."""
+        if self.link is None:
+            return
+        from kiosk.viewmodel import ACTIVE
+
+        if self.vm.state in ACTIVE:
+            self.link.request("stop", timeout_s=1.0).done.wait(1.0)
+        self.link.close()
