@@ -191,6 +191,8 @@ class ViewModel(EventDispatcher):
             self.refresh_home()
         elif ev in ("start_refused", "limit"):
             self.notice = S.REFUSED.format(why=data.get("reason", ""))
+            if ev == "start_refused":
+                self.holding_lease = False
         self._route()
 
     def _apply_status(self, st: dict) -> None:
@@ -228,7 +230,9 @@ class ViewModel(EventDispatcher):
             self.trace = pts
             self.idle_s = 0.0
             self.blanked = False
-        if self.state not in ACTIVE and self.state != "self_test":
+        if self.state in ("finished", "fault"):
+            # Not on every non-treatment state: a start that runs the self-test first passes
+            # through "ready" before its output starts, and the lease must be renewed then.
             self.holding_lease = False
         if prev_state in ACTIVE and self.state == "finished":
             self.summary_dismissed = False

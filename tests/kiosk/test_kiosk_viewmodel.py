@@ -304,3 +304,20 @@ def test_helpers():
     assert mmss(None) == "--:--" and mmss(0) == "0:00" and mmss(61.2) == "1:02"
     assert contact_band(False, 100) == "none" and contact_band(True, 90) == "good"
     assert contact_band(True, 60) == "fair" and contact_band(True, 10) == "dry"
+
+
+def test_lease_kept_through_self_test_and_ready_before_output(vm):
+    """A start that runs the self-test first: self_test -> ready -> contact_check. The lease
+    must be renewed all along (it was dropped at "ready": LEASE_EXPIRED in the bench)."""
+    connect(vm)
+    vm.start_treatment()
+    vm.link.answer("start", {"state": "self_test"})
+    for state in ("self_test", "ready", "contact_check"):
+        vm.on_link_message({"event": "status", "data": status(state=state)})
+        n = vm.link.cmds().count("lease")
+        vm.lease_tick()
+        assert vm.link.cmds().count("lease") == n + 1, state
+    vm.on_link_message({"event": "start_refused", "data": {"reason": "charger"}})
+    n = vm.link.cmds().count("lease")
+    vm.lease_tick()
+    assert vm.link.cmds().count("lease") == n
