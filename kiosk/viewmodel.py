@@ -56,6 +56,7 @@ class ViewModel(EventDispatcher):
     service_lost = BooleanProperty(False)  # was connected, now not: the overlay
     service_missing = BooleanProperty(False)  # never connected after the first attempt failed
     sim = BooleanProperty(False)
+    link_reason = StringProperty("")  # why the last connection attempt failed (service detail)
     lease_ms = NumericProperty(300.0)
     level_count = NumericProperty(10)
     # routing
@@ -160,7 +161,7 @@ class ViewModel(EventDispatcher):
             self.service_lost = True
         else:
             self.service_missing = True
-        self.post_failed_step = reason if not self.ever_connected else self.post_failed_step
+        self.link_reason = reason
         self._route()
 
     def on_link_message(self, msg: dict) -> None:
@@ -345,7 +346,7 @@ class ViewModel(EventDispatcher):
         if not self.history:
             return S.LAST_NONE
         h = self.history[0]
-        when = time.strftime("%a %d %b", time.localtime(h.get("started_at") or 0))
+        when = time.strftime("%d %b", time.localtime(h.get("started_at") or 0)).lstrip("0")
         return S.LAST.format(name=h.get("program_name") or h.get("program_id"), when=when)
 
     # ------------------------------------------------------------------ intents

@@ -19,7 +19,7 @@ def program_line(p: dict) -> str:
             zones.append(z)
     minutes = max(1, round(p.get("duration_s", 0) / 60))
     return (
-        f"[b]{p['name']}[/b]\n{S.MINUTES.format(n=minutes)}\n[size=18sp]{', '.join(zones)}[/size]"
+        f"[b]{p['name']}[/b]\n{S.MINUTES.format(n=minutes)}\n[size=20sp]{', '.join(zones)}[/size]"
     )
 
 
