@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import time
 
 os.environ.setdefault("KIVY_NO_ARGS", "1")
 os.environ.setdefault("KIVY_NO_CONSOLELOG", "1")
@@ -116,12 +117,70 @@ FAULT = {
 
 
 class NullLink:
-    """Accepts requests and never answers: the script sets the view-model's state itself."""
+    """Accepts requests (recorded in ``sent``) and never answers: the script sets the
+    view-model's state itself."""
+
+    def __init__(self):
+        self.sent: list[str] = []
 
     def request(self, cmd, args=None, *, callback=None, timeout_s=3.0):
         from kiosk.link import Reply
 
+        self.sent.append(cmd)
         return Reply(cmd, timeout_s, None)
+
+
+def find(root, text: str):
+    """The visible button with this text on the current screen."""
+    from kivy.uix.button import Button
+
+    for w in root.walk(restrict=True):
+        if isinstance(w, Button) and w.text == text and w.opacity > 0 and w.width > 1:
+            return w
+    return None
+
+
+def tap(widget, hold_s: float = 0.0):
+    """A real touch through the window at the widget's centre (down, then up after hold_s)."""
+    from kivy.clock import Clock
+    from kivy.tests.common import UnitTestTouch
+
+    x, y = widget.to_window(*widget.center)
+    t = UnitTestTouch(x, y)
+    t.touch_down()
+    if hold_s:
+        Clock.schedule_once(lambda _dt: t.touch_up(), hold_s)
+    else:
+        t.touch_up()
+
+
+def interact(name: str, vm, root, checks: dict) -> float:
+    """Touch checks after some shots; returns how long to wait before the next shot (s)."""
+    from kiosk import strings as S
+
+    link = vm.link
+    if name == "blank":
+        start = find(root, S.START)  # under the black layer
+        before = len(link.sent)
+        tap(start)
+        checks["blank_tap_woke"] = not vm.blanked
+        checks["blank_tap_did_nothing_else"] = vm.nav == "home" and len(link.sent) == before
+    elif name == "fault":
+        hold = find(root, S.FAULT_HOLD)
+        tap(hold)  # a short tap is not a deliberate press
+        checks["fault_short_tap_acknowledged"] = "acknowledge" in link.sent
+        tap(hold, hold_s=2.0)  # held longer than ACK_HOLD_S: acknowledge
+        return 2.3
+    elif name == "treatment":
+        for text, cmd in (("+", "level_up"), ("−", "level_down"), (S.STOP, "stop")):
+            tap(find(root, text))
+            checks[f"tap_{cmd}"] = link.sent[-1] == cmd
+    return 0.0
+
+
+def after_wait(name: str, vm, checks: dict) -> None:
+    if name == "fault":
+        checks["fault_hold_acknowledged"] = "acknowledge" in vm.link.sent
 
 
 def scenes(vm):
@@ -326,7 +385,9 @@ def main(outdir: str, size: str | None = None) -> int:
             part = os.path.join(outdir, f"report-{w}x{h}.json")
             subprocess.run([sys.executable, "-m", "kiosk.shots", outdir, f"{w}x{h}"], check=True)
             with open(part) as f:
-                report.update(json.load(f))
+                part_report = json.load(f)
+            report.setdefault("checks", {}).update(part_report.pop("checks", {}))
+            report.update(part_report)
         with open(os.path.join(outdir, "report.json"), "w") as f:
             json.dump(report, f, indent=1)
         return 0
@@ -346,14 +407,21 @@ def main(outdir: str, size: str | None = None) -> int:
     app = KioskApp(vm, sim_panel=True, socket_path="/run/microcurrent/hw.sock")
     todo = [s for s in scenes(vm) if tuple(s[1]) == (w, h)]
     report: dict = {}
-    state = {"i": 0, "frames": 0, "panel": None}
+    checks: dict = {}
+    state = {"i": 0, "frames": 0, "panel": None, "wait_until": 0.0, "waiting": None}
 
     def step(_dt):
         root = app.root
         if state["panel"] is None:
             state["panel"] = root.children[0]  # the sim panel (added last)
             root.remove_widget(state["panel"])
+        if state["waiting"] is not None:
+            if time.monotonic() < state["wait_until"]:
+                return True
+            after_wait(state["waiting"], vm, checks)
+            state["waiting"] = None
         if state["i"] >= len(todo):
+            report["checks"] = checks
             with open(os.path.join(outdir, f"report-{w}x{h}.json"), "w") as f:
                 json.dump(report, f, indent=1)
             app.stop()
@@ -374,6 +442,10 @@ def main(outdir: str, size: str | None = None) -> int:
         if path and path != final:
             os.replace(path, final)
         report[name] = {"size": list(Window.size), "screen": vm.screen, **measure(root)}
+        if (w, h) == (800, 480):
+            wait_s = interact(name, vm, root, checks)
+            if wait_s:
+                state.update(waiting=name, wait_until=time.monotonic() + wait_s)
         state["i"] += 1
         state["frames"] = 0
         return True

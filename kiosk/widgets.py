@@ -251,11 +251,17 @@ class Layer(FloatLayout):
     """Covers what is below while ``shown``; invisible and transparent to touches otherwise."""
 
     shown = BooleanProperty(False)
+    __events__ = ("on_tapped",)
+
+    def on_tapped(self):
+        pass
 
     def on_touch_down(self, touch):
         if not self.shown:
             return False
         super().on_touch_down(touch)
+        # After the children, so that a handler hiding the layer cannot let this touch through.
+        self.dispatch("on_tapped")
         return True  # nothing below gets it
 
     def on_touch_move(self, touch):

@@ -108,8 +108,8 @@ def test_every_screen_rendered_at_its_size(shots):
 def test_targets_and_text_large_enough(shots):
     _out, report = shots
     for name, r in report.items():
-        if name == "sim_panel":
-            continue  # the desktop panel is for engineers with a mouse
+        if name in ("sim_panel", "checks"):
+            continue  # the desktop panel is for engineers with a mouse; checks: below
         assert r["small_buttons"] == [], (name, r["small_buttons"])
         assert r["small_text"] == [], (name, r["small_text"])
 
@@ -128,3 +128,15 @@ def test_blank_and_service_lost_cover_the_screen(shots):
     out, _report = shots
     # The blank layer is black: the PNG of a black 800x480 frame compresses to almost nothing.
     assert (out / "blank.png").stat().st_size < (out / "home.png").stat().st_size / 5
+
+
+def test_real_touches(shots):
+    """Touches through the window: the tap that wakes the blank screen does nothing else (it
+    went through to Start before the Layer fix); a short tap on the fault's acknowledge does
+    nothing, a 2 s hold acknowledges; +, - and STOP send their intents."""
+    _out, report = shots
+    c = report["checks"]
+    assert c["blank_tap_woke"] and c["blank_tap_did_nothing_else"], c
+    assert c["fault_short_tap_acknowledged"] is False, c
+    assert c["fault_hold_acknowledged"] is True, c
+    assert c["tap_level_up"] and c["tap_level_down"] and c["tap_stop"], c
