@@ -93,6 +93,10 @@ class FakeDaemon:
             self.send(c, msg)
 
     def kill(self):
+        try:
+            self.srv.shutdown(socket.SHUT_RDWR)  # wakes the accept thread (close alone does not)
+        except OSError:
+            pass
         self.srv.close()
         for c in self.conns:
             try:
