@@ -1,0 +1,508 @@
+"""The kiosk's view-model: everything the screens show, as Kivy properties, and every intent.
+
+It runs on the UI thread only (the link posts to it there). It holds no safety logic: it sends
+intents (program ids, level steps, stop) and shows what the daemon reports; every limit and timer
+is the daemon's. It renews the treatment lease from the UI thread's clock, so a hung UI lets the
+lease expire and the daemon cuts the output.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+from kivy.event import EventDispatcher
+from kivy.properties import (
+    BooleanProperty,
+    DictProperty,
+    ListProperty,
+    NumericProperty,
+    ObjectProperty,
+    StringProperty,
+)
+
+from kiosk import strings as S
+
+LEASE_RENEW_S = 0.1  # docs/protocol.md: the kiosk renews every 100 ms (lease 300 ms)
+TRACE_POINTS = 100  # 5 s of the ~20 Hz status stream
+TREATING = ("ramp_up", "running", "paused", "ramp_down")
+ACTIVE = ("contact_check", *TREATING)  # a treatment owns the screen; never blank
+IDLE_STATES = ("idle", "ready", "finished")
+ACK_HOLD_S = 1.5  # the fault acknowledge needs a deliberate press this long
+# Words for the daemon's contact quality (%): the daemon judges contact, this only words it.
+CONTACT_BANDS = ((80.0, "good"), (50.0, "fair"), (0.0, "dry"))
+
+
+def contact_band(contact: bool, quality_pct: float | None) -> str:
+    if not contact or quality_pct is None:
+        return "none"
+    for lo, band in CONTACT_BANDS:
+        if quality_pct >= lo:
+            return band
+    return "dry"
+
+
+def mmss(seconds: float | None) -> str:
+    if seconds is None:
+        return "--:--"
+    s = max(0, int(seconds + 0.999))  # round up: "0:00" only when the time is really over
+    return f"{s // 60}:{s % 60:02d}"
+
+
+class ViewModel(EventDispatcher):
+    # connection
+    connected = BooleanProperty(False)
+    ever_connected = BooleanProperty(False)
+    service_lost = BooleanProperty(False)  # was connected, now not: the overlay
+    service_missing = BooleanProperty(False)  # never connected after the first attempt failed
+    sim = BooleanProperty(False)
+    link_reason = StringProperty("")  # why the last connection attempt failed (service detail)
+    lease_ms = NumericProperty(300.0)
+    level_count = NumericProperty(10)
+    # routing
+    screen = StringProperty("startup")
+    nav = StringProperty("home")  # the user's choice while idle
+    # daemon status
+    state = StringProperty("")
+    output = StringProperty("off")
+    program = StringProperty("")
+    program_name = StringProperty("")
+    zone = StringProperty("")
+    motion = StringProperty("")
+    step_text = StringProperty("")
+    step = NumericProperty(0)
+    steps = NumericProperty(0)
+    step_left = StringProperty("--:--")
+    total_left = StringProperty("--:--")
+    level = NumericProperty(0)
+    level_max = NumericProperty(0)
+    measured_ua = NumericProperty(0.0)
+    contact = BooleanProperty(False)
+    contact_pct = NumericProperty(0.0)
+    contact_band = StringProperty("none")
+    contact_word = StringProperty(S.CONTACT_WORDS["none"])
+    lifted = BooleanProperty(False)
+    recontact = BooleanProperty(False)
+    trace = ListProperty([])  # measured current (uA), oldest first
+    cue_count = NumericProperty(0)  # +1 per relocate / next-zone cue: the screen pulses the zone
+    cue_text = StringProperty("")
+    post_passed = ObjectProperty(None, allownone=True)
+    post_failed_step = StringProperty("")
+    fault = DictProperty({})
+    ack_message = StringProperty("")
+    summary = DictProperty({})
+    # home / history
+    programs = ListProperty([])
+    selected_program = StringProperty("")
+    totals = DictProperty({})
+    history = ListProperty([])
+    detail = DictProperty({})
+    events_log = ListProperty([])
+    notice = StringProperty("")  # one short line (refusal, export result)
+    # first use
+    screening = ObjectProperty(None, allownone=True)  # the daemon's record, or None
+    screening_known = BooleanProperty(False)
+    screening_supported = BooleanProperty(True)
+    screening_local_pass = BooleanProperty(False)  # old daemon: passed this session only
+    screening_stop = ListProperty([])  # the keys answered yes
+    # blanking
+    blanked = BooleanProperty(False)
+    blank_after_s = NumericProperty(120.0)
+    # sim panel
+    sim_state = DictProperty({})
+    sim_message = StringProperty("")
+    # service area
+    service_unlocked = BooleanProperty(False)
+
+    def __init__(
+        self,
+        link=None,
+        *,
+        schedule_interval: Callable | None = None,
+        now: Callable[[], float] = time.time,
+        service_pin: str = "0000",
+        **kw,
+    ):
+        super().__init__(**kw)
+        self.link = link
+        self.now = now
+        self.service_pin = service_pin
+        self.holding_lease = False
+        self.summary_dismissed = True
+        self.idle_s = 0.0
+        self._lease_inflight = 0
+        if schedule_interval is None:
+            from kivy.clock import Clock
+
+            schedule_interval = Clock.schedule_interval
+        schedule_interval(self.lease_tick, LEASE_RENEW_S)
+        schedule_interval(self.idle_tick, 1.0)
+
+    # ------------------------------------------------------------------ link callbacks
+    def on_link_connected(self, hello: dict) -> None:
+        self.connected = True
+        self.ever_connected = True
+        self.service_lost = False
+        self.service_missing = False
+        self.sim = bool(hello.get("sim"))
+        self.lease_ms = float(hello.get("lease_ms", 300.0))
+        self.level_count = int(hello.get("level_count", 10))
+        self._send("programs", callback=self._got_programs)
+        self._send("screening_status", callback=self._got_screening)
+        self.refresh_home()
+        if self.sim:
+            self.sim_action("state")
+        self._route()
+
+    def on_link_disconnected(self, reason: str) -> None:
+        self.connected = False
+        self.holding_lease = False
+        if self.ever_connected:
+            self.service_lost = True
+        else:
+            self.service_missing = True
+        self.link_reason = reason
+        self._route()
+
+    def on_link_message(self, msg: dict) -> None:
+        ev, data = msg.get("event"), msg.get("data") or {}
+        if ev == "status":
+            self._apply_status(data)
+        elif ev == "fault":
+            self.fault = dict(data)
+            self.holding_lease = False
+        elif ev == "contact_lost":
+            self.lifted = True
+            self.recontact = False
+        elif ev == "contact_restored":
+            self.lifted = False
+            self.recontact = True
+        elif ev == "cue":
+            self.cue_count += 1
+            if data.get("kind") == "next_zone":
+                self.cue_text = S.NEXT_ZONE.format(zone=self.zone_name(data.get("zone")))
+            else:
+                self.cue_text = S.MOVE_ON
+        elif ev == "treatment_started":
+            self.summary_dismissed = False
+            self.trace = []
+        elif ev == "treatment_finished":
+            self.summary = dict(data)
+            self.holding_lease = False
+            self.refresh_home()
+        elif ev in ("start_refused", "limit"):
+            self.notice = S.REFUSED.format(why=data.get("reason", ""))
+            if ev == "start_refused":
+                self.holding_lease = False
+        self._route()
+
+    def _apply_status(self, st: dict) -> None:
+        prev_state = self.state
+        self.state = st.get("state") or ""
+        self.output = st.get("output") or "off"
+        self.program = st.get("program") or ""
+        self.program_name = st.get("program_name") or ""
+        self.zone = st.get("zone") or ""
+        self.motion = st.get("motion") or ""
+        self.step_text = st.get("text") or ""
+        self.step = st.get("step") or 0
+        self.steps = st.get("steps") or 0
+        self.step_left = mmss(st.get("step_left_s"))
+        self.total_left = mmss(st.get("total_left_s"))
+        self.level = st.get("level") or 0
+        self.level_max = st.get("level_max") or 0
+        self.measured_ua = float(st.get("measured_ua") or 0.0)
+        self.contact = bool(st.get("contact"))
+        self.contact_pct = float(st.get("contact_quality_pct") or 0.0)
+        self.contact_band = contact_band(self.contact, st.get("contact_quality_pct"))
+        self.contact_word = S.CONTACT_WORDS[self.contact_band]
+        self.lifted = self.output == "lifted"
+        if self.output != "ramp_up":
+            self.recontact = False
+        post = st.get("post") or {}
+        self.post_passed = post.get("passed")
+        if post.get("failed_step"):
+            self.post_failed_step = str(post["failed_step"])
+        self.fault = dict(st.get("fault") or {})
+        if st.get("last_summary"):
+            self.summary = dict(st["last_summary"])
+        if self.state in ACTIVE:
+            pts = self.trace[-(TRACE_POINTS - 1) :] + [self.measured_ua]
+            self.trace = pts
+            self.idle_s = 0.0
+            self.blanked = False
+        if self.state in ("finished", "fault"):
+            # Not on every non-treatment state: a start that runs the self-test first passes
+            # through "ready" before its output starts, and the lease must be renewed then.
+            self.holding_lease = False
+        if prev_state in ACTIVE and self.state == "finished":
+            self.summary_dismissed = False
+
+    def _route(self) -> None:
+        st = self.state
+        if not self.ever_connected or not st:
+            screen = "startup"
+        elif st == "fault":
+            screen = "fault"
+        elif st == "contact_check":
+            screen = "contact"
+        elif st in TREATING:
+            screen = "treatment"
+        elif st == "self_test" or (st == "idle" and self.post_passed is False):
+            screen = "startup"
+        elif st == "finished" and not self.summary_dismissed and self.summary:
+            screen = "summary"
+        elif not self.screening_ok():
+            screen = "first_use"
+        else:
+            screen = self.nav
+        self.screen = screen
+
+    def screening_ok(self) -> bool:
+        if self.screening_local_pass:
+            return True
+        if not self.screening_known:
+            return True  # not asked yet: do not flash the questions while loading
+        return bool(self.screening and self.screening.get("passed"))
+
+    # ------------------------------------------------------------------ replies
+    def _send(self, cmd: str, args: dict | None = None, callback=None, timeout_s: float = 3.0):
+        if self.link is None:
+            return None
+        return self.link.request(cmd, args, callback=callback, timeout_s=timeout_s)
+
+    def _refused(self, reply) -> bool:
+        """True (and a notice shown) if the reply is an error."""
+        if reply.ok:
+            return False
+        err = reply.error or {}
+        code = err.get("code")
+        if code == "UNKNOWN_COMMAND":
+            self.notice = S.OLD_SERVICE.format(what=reply.cmd)
+        elif code in ("TIMEOUT", "DISCONNECTED"):
+            self.notice = S.NO_REPLY
+        else:
+            self.notice = S.REFUSED.format(why=err.get("message", code))
+        return True
+
+    def _got_programs(self, reply) -> None:
+        if reply.ok:
+            self.programs = list(reply.result.get("programs", []))
+            ids = [p["id"] for p in self.programs]
+            if self.selected_program not in ids and ids:
+                self.selected_program = ids[0]
+
+    def _got_screening(self, reply) -> None:
+        if not reply.ok and (reply.error or {}).get("code") == "UNKNOWN_COMMAND":
+            # An older daemon cannot record the answers: ask them anyway, every session.
+            self.screening_supported = False
+            self.screening = None
+            self.screening_known = True
+        elif reply.ok:
+            self.screening = reply.result
+            self.screening_known = True
+        self._route()
+
+    def refresh_home(self) -> None:
+        self._send("totals", callback=self._got_totals)
+        self._send("history", {"limit": 100}, callback=self._got_history)
+
+    def _got_totals(self, reply) -> None:
+        if reply.ok:
+            self.totals = dict(reply.result)
+
+    def _got_history(self, reply) -> None:
+        if reply.ok:
+            self.history = list(reply.result)
+
+    # ------------------------------------------------------------------ derived, for screens
+    def zone_name(self, zone: str | None) -> str:
+        return S.ZONES.get(zone or "", (zone or "").capitalize())
+
+    def week_count(self) -> int:
+        """Treatments since Monday 00:00 local time."""
+        lt = time.localtime(self.now())
+        midnight = time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday, 0, 0, 0, 0, 0, -1))
+        monday = midnight - lt.tm_wday * 86400
+        return sum(1 for h in self.history if (h.get("started_at") or 0) >= monday)
+
+    def streak_text(self) -> str:
+        n = int(self.totals.get("streak_days") or 0)
+        if n == 0:
+            return S.STREAK_NONE
+        return S.STREAK_ONE if n == 1 else S.STREAK.format(n=n)
+
+    def today_text(self) -> str:
+        if not self.totals:
+            return ""
+        left_s = float(self.totals.get("daily_max_s") or 0) - float(
+            self.totals.get("today_active_s") or 0
+        )
+        if left_s <= 0:
+            return S.TODAY_USED_UP
+        return S.TODAY_LEFT.format(min=int(left_s // 60))
+
+    def last_text(self) -> str:
+        if not self.history:
+            return S.LAST_NONE
+        h = self.history[0]
+        when = time.strftime("%d %b", time.localtime(h.get("started_at") or 0)).lstrip("0")
+        return S.LAST.format(name=h.get("program_name") or h.get("program_id"), when=when)
+
+    # ------------------------------------------------------------------ intents
+    def go(self, nav: str) -> None:
+        self.notice = ""
+        self.nav = nav
+        if nav == "history":
+            self.refresh_home()
+            self._send("events", {"limit": 20}, callback=self._got_events)
+        if nav != "settings":
+            self.service_unlocked = False
+        self._route()
+
+    def select_program(self, program_id: str) -> None:
+        self.selected_program = program_id
+
+    def start_treatment(self) -> None:
+        """The person is ready: ask the daemon to start the selected program (level 1)."""
+        if not self.selected_program:
+            return
+        self.notice = ""
+        self._send("start", {"program": self.selected_program}, callback=self._started)
+
+    def _started(self, reply) -> None:
+        if self._refused(reply):
+            return
+        self.holding_lease = True
+        self.summary_dismissed = False
+        self.trace = []
+
+    def level_up(self) -> None:
+        self._send("level_up", callback=self._refused)
+
+    def level_down(self) -> None:
+        self._send("level_down", callback=self._refused)
+
+    def pause_resume(self) -> None:
+        cmd = "resume" if self.state == "paused" else "pause"
+        self._send(cmd, callback=self._refused)
+
+    def stop(self) -> None:
+        """STOP: anyone may stop; the daemon ramps down at once."""
+        self._send("stop", callback=self._refused, timeout_s=1.0)
+
+    def acknowledge(self) -> None:
+        self.ack_message = ""
+        self._send("acknowledge", callback=self._acked)
+
+    def _acked(self, reply) -> None:
+        if not reply.ok:
+            err = reply.error or {}
+            self.ack_message = S.FAULT_ACK_REFUSED.format(why=err.get("message", err.get("code")))
+            return
+        self.nav = "home"
+        self._send("self_test", callback=self._refused)  # the self-test runs by itself
+
+    def dismiss_summary(self) -> None:
+        self.summary_dismissed = True
+        self.nav = "home"
+        self._route()
+
+    def submit_screening(self, answers: dict[str, bool]) -> None:
+        yes = [k for k, _ in S.SCREENING_QUESTIONS if answers.get(k)]
+        self.screening_stop = yes
+        if not self.screening_supported:
+            self.screening_local_pass = not yes
+            self._route()
+            return
+        self._send("screening", {"answers": dict(answers)}, callback=self._screened)
+
+    def _screened(self, reply) -> None:
+        if reply.ok:
+            self._send("screening_status", callback=self._got_screening)
+        elif (reply.error or {}).get("code") == "UNKNOWN_COMMAND":
+            self.screening_supported = False
+            self.screening_local_pass = not self.screening_stop
+            self.notice = S.SCREENING_NOT_RECORDED
+            self._route()
+        else:
+            self._refused(reply)
+
+    def open_treatment(self, treatment_id: int) -> None:
+        self._send("treatment", {"id": int(treatment_id)}, callback=self._got_detail)
+
+    def _got_detail(self, reply) -> None:
+        if not self._refused(reply):
+            self.detail = dict(reply.result)
+
+    def _got_events(self, reply) -> None:
+        if reply.ok:
+            self.events_log = list(reply.result)
+
+    def export_csv(self, path_for: Callable[[], str]) -> None:
+        """Ask the daemon for the CSV and write it to ``path_for()`` (USB stick or a file)."""
+
+        def got(reply) -> None:
+            if self._refused(reply):
+                return
+            try:
+                path = path_for()
+                with open(path, "w", newline="") as f:
+                    f.write(reply.result["csv"])
+            except OSError as e:
+                self.notice = S.EXPORT_FAILED.format(why=e.strerror or e)
+                return
+            self.notice = S.EXPORTED.format(path=path)
+
+        self._send("export_csv", {"what": "treatments"}, callback=got, timeout_s=10.0)
+
+    def run_self_test(self) -> None:
+        self._send("self_test", callback=self._refused)
+
+    def unlock_service(self, pin: str) -> bool:
+        self.service_unlocked = pin == self.service_pin
+        self.notice = "" if self.service_unlocked else S.PIN_WRONG
+        if self.service_unlocked:
+            self._send("events", {"limit": 20}, callback=self._got_events)
+        return self.service_unlocked
+
+    def sim_action(self, action: str, **args) -> None:
+        def got(reply) -> None:
+            if reply.ok:
+                self.sim_state = dict(reply.result)
+                self.sim_message = ""
+            else:
+                err = reply.error or {}
+                if err.get("code") == "UNKNOWN_COMMAND":
+                    self.sim_message = S.OLD_SERVICE.format(what="sim")
+                else:
+                    self.sim_message = f"{err.get('code')}: {err.get('message')}"
+
+        self._send("sim", {"action": action, **args}, callback=got)
+
+    # ------------------------------------------------------------------ clocks
+    def lease_tick(self, _dt: float = 0.0) -> None:
+        """Every 100 ms on the UI thread: renew the lease while this kiosk holds it."""
+        if self.holding_lease and self.connected:
+            self._send("lease", callback=self._leased, timeout_s=1.0)
+
+    def _leased(self, reply) -> None:
+        if reply.ok and not reply.result.get("held"):
+            self.holding_lease = False
+
+    def idle_tick(self, dt: float = 1.0) -> None:
+        if self.state in ACTIVE or self.screen in ("treatment", "contact", "fault"):
+            self.idle_s = 0.0
+            self.blanked = False
+            return
+        self.idle_s += dt
+        if self.idle_s >= self.blank_after_s:
+            self.blanked = True
+
+    def touched(self) -> None:
+        """Any touch: restart the blank timer (the blank overlay swallows the waking tap)."""
+        self.idle_s = 0.0
+
+    def wake(self) -> None:
+        self.idle_s = 0.0
+        self.blanked = False

@@ -1,0 +1,323 @@
+"""View-model tests: no window, a fake link, the test plays the UI thread and its clock."""
+
+from __future__ import annotations
+
+import pytest
+from fakes import HELLO, PROGRAMS, RUNNING, SUMMARY, FakeLink, status
+
+from kiosk import strings as S
+from kiosk.viewmodel import ViewModel, contact_band, mmss
+
+
+class Ticks:
+    """A schedule_interval that records callbacks instead of using Kivy's clock."""
+
+    def __init__(self):
+        self.calls = {}
+
+    def __call__(self, fn, interval_s):
+        self.calls[fn.__name__] = (fn, interval_s)
+
+
+@pytest.fixture
+def vm():
+    link = FakeLink()
+    ticks = Ticks()
+    v = ViewModel(link, schedule_interval=ticks, now=lambda: 1_800_000_000.0)
+    v.ticks = ticks
+    return v
+
+
+def connect(vm, screening=None, passed=True):
+    vm.on_link_connected(HELLO)
+    vm.link.answer("programs", PROGRAMS)
+    vm.link.answer(
+        "screening_status",
+        screening
+        if screening is not None
+        else ({"passed": True, "t": "2026-12-01T10:00:00Z", "answers": {}} if passed else None),
+    )
+    vm.link.answer(
+        "totals", {"count": 0, "streak_days": 0, "today_active_s": 0.0, "daily_max_s": 1800.0}
+    )
+    vm.link.answer("history", [])
+    vm.on_link_message({"event": "status", "data": status()})
+
+
+def test_startup_until_connected_then_home(vm):
+    assert vm.screen == "startup"
+    vm.on_link_disconnected("connection refused")
+    assert vm.screen == "startup" and vm.service_missing and not vm.service_lost
+    connect(vm)
+    assert vm.screen == "home"
+    assert vm.selected_program == "full-face-lift"
+    assert vm.sim and vm.lease_ms == 300.0
+
+
+def test_first_use_until_screening_passed(vm):
+    vm.on_link_connected(HELLO)
+    vm.link.answer("screening_status", None)
+    vm.on_link_message({"event": "status", "data": status()})
+    assert vm.screen == "first_use"
+    answers = {k: False for k, _ in S.SCREENING_QUESTIONS}
+    vm.submit_screening(answers)
+    assert vm.link.args[-1] == {"answers": answers}
+    vm.link.answer("screening", {"passed": True, "t": "2026-12-01T10:00:00Z"})
+    assert vm.screen == "first_use"  # not until the daemon's record says so
+    vm.link.answer("screening_status", {"passed": True, "t": "x", "answers": answers})
+    assert vm.screen == "home"
+
+
+def test_screening_yes_goes_no_further(vm):
+    vm.on_link_connected(HELLO)
+    vm.link.answer("screening_status", None)
+    vm.on_link_message({"event": "status", "data": status()})
+    answers = {k: False for k, _ in S.SCREENING_QUESTIONS}
+    answers["pregnancy"] = True
+    vm.submit_screening(answers)
+    assert vm.screening_stop == ["pregnancy"]
+    vm.link.answer("screening", {"passed": False, "t": "x"})
+    vm.link.answer("screening_status", {"passed": False, "t": "x", "answers": answers})
+    assert vm.screen == "first_use"
+    vm.go("home")
+    assert vm.screen == "first_use"
+
+
+def test_old_daemon_without_screening_is_handled(vm):
+    vm.on_link_connected(HELLO)
+    assert vm.link.fail("screening_status", "UNKNOWN_COMMAND", "unknown command") == 1
+    vm.on_link_message({"event": "status", "data": status()})
+    assert not vm.screening_supported and vm.screen == "first_use"
+    vm.submit_screening({k: False for k, _ in S.SCREENING_QUESTIONS})
+    assert "screening" not in vm.link.cmds()  # nothing to send it to
+    assert vm.screen == "home"
+
+
+def test_sim_unknown_command_is_a_message_not_a_crash(vm):
+    connect(vm)
+    vm.link.fail("sim", "UNKNOWN_COMMAND", "unknown command 'sim'")
+    assert "sim" in vm.sim_message
+    vm.sim_action("inject", fault="lift_off")
+    vm.link.fail("sim", "NOT_SIM", "only with --sim")
+    assert vm.sim_message.startswith("NOT_SIM")
+
+
+def test_start_sends_program_id_only_and_renews_lease_on_the_ui_clock(vm):
+    connect(vm)
+    fn, interval = vm.ticks.calls["lease_tick"]
+    assert interval == pytest.approx(0.1)
+    fn(0.1)
+    assert "lease" not in vm.link.cmds()  # no lease before a start was accepted
+    vm.select_program("demo")
+    vm.start_treatment()
+    assert vm.link.args[-1] == {"program": "demo"}  # an intent: no current, no level in uA
+    vm.link.answer("start", {"state": "contact_check"})
+    for _ in range(3):
+        fn(0.1)
+    assert vm.link.cmds().count("lease") == 3
+    vm.link.answer("lease", {"lease_ms": 300.0, "held": True})
+    vm.on_link_message({"event": "status", "data": status(**RUNNING)})
+    assert vm.screen == "treatment"
+    vm.on_link_message({"event": "treatment_finished", "data": SUMMARY})
+    fn(0.1)
+    assert vm.link.cmds().count("lease") == 3  # the lease ended with the treatment
+
+
+def test_start_refused_shows_why_and_holds_no_lease(vm):
+    connect(vm)
+    vm.start_treatment()
+    vm.link.fail("start", "REFUSED", "a charger is connected")
+    assert "charger" in vm.notice
+    vm.ticks.calls["lease_tick"][0](0.1)
+    assert "lease" not in vm.link.cmds()
+
+
+def test_lease_not_held_any_more_stops_renewing(vm):
+    connect(vm)
+    vm.start_treatment()
+    vm.link.answer("start", {"state": "contact_check"})
+    vm.lease_tick()
+    vm.link.answer("lease", {"lease_ms": 300.0, "held": False})
+    vm.lease_tick()
+    assert vm.link.cmds().count("lease") == 1
+
+
+def test_treatment_status_fields_and_trace(vm):
+    connect(vm)
+    for i in range(150):
+        vm.on_link_message({"event": "status", "data": status(**{**RUNNING, "measured_ua": i})})
+    assert vm.screen == "treatment"
+    assert vm.level == 3 and vm.level_max == 4
+    assert vm.step_left == "0:08" and vm.total_left == "0:16"
+    assert len(vm.trace) == 100 and vm.trace[-1] == 149 and vm.trace[0] == 50
+    assert vm.contact_band == "good" and vm.contact_word == S.CONTACT_WORDS["good"]
+
+
+def test_level_buttons_send_steps(vm):
+    connect(vm)
+    vm.on_link_message({"event": "status", "data": status(**RUNNING)})
+    vm.level_up()
+    vm.level_down()
+    assert vm.link.cmds()[-2:] == ["level_up", "level_down"]
+    vm.link.fail("level_up", "REFUSED", "level must be 1..4 in this step")
+    assert "1..4" in vm.notice
+
+
+def test_lift_off_shows_paused_timer_then_recontact(vm):
+    connect(vm)
+    vm.on_link_message({"event": "status", "data": status(**RUNNING)})
+    vm.on_link_message({"event": "contact_lost", "data": {"reason": "open load"}})
+    vm.on_link_message(
+        {"event": "status", "data": status(**{**RUNNING, "output": "lifted", "contact": False})}
+    )
+    assert vm.lifted and vm.contact_band == "none"
+    vm.on_link_message({"event": "contact_restored", "data": {"lifted_s": 1.0}})
+    vm.on_link_message({"event": "status", "data": status(**{**RUNNING, "output": "ramp_up"})})
+    assert not vm.lifted and vm.recontact
+
+
+def test_pause_resume_toggles_on_state(vm):
+    connect(vm)
+    vm.on_link_message({"event": "status", "data": status(**RUNNING)})
+    vm.pause_resume()
+    vm.on_link_message(
+        {"event": "status", "data": status(**{**RUNNING, "state": "paused", "output": "off"})}
+    )
+    vm.pause_resume()
+    assert vm.link.cmds()[-2:] == ["pause", "resume"]
+
+
+def test_summary_then_home(vm):
+    connect(vm)
+    vm.on_link_message(
+        {"event": "treatment_started", "data": {"program": "demo", "treatment_id": 3}}
+    )
+    vm.on_link_message({"event": "status", "data": status(**RUNNING)})
+    vm.on_link_message({"event": "treatment_finished", "data": SUMMARY})
+    vm.on_link_message({"event": "status", "data": status(state="finished", last_summary=SUMMARY)})
+    assert vm.screen == "summary" and vm.summary["charge_uc"] == 1234.5
+    vm.dismiss_summary()
+    assert vm.screen == "home"
+    vm.on_link_message({"event": "status", "data": status(state="finished", last_summary=SUMMARY)})
+    assert vm.screen == "home"
+
+
+def test_fault_needs_acknowledge_then_self_test(vm):
+    connect(vm)
+    fault = {
+        "code": "ESTOP",
+        "message": "The stop button was pressed.",
+        "action": "Release the stop button, then acknowledge.",
+        "detail": "x",
+    }
+    vm.on_link_message({"event": "fault", "data": fault})
+    vm.on_link_message(
+        {"event": "status", "data": status(state="fault", output="tripped", fault=fault)}
+    )
+    assert vm.screen == "fault" and vm.fault["action"].startswith("Release")
+    vm.acknowledge()
+    vm.link.fail("acknowledge", "REFUSED", "release the e-stop first")
+    assert "release the e-stop" in vm.ack_message
+    assert "self_test" not in vm.link.cmds()
+    vm.acknowledge()
+    vm.link.answer("acknowledge", {"state": "idle"})
+    assert vm.link.cmds()[-1] == "self_test"
+
+
+def test_service_lost_overlay_and_latched_fault_after_restart(vm):
+    connect(vm)
+    vm.start_treatment()
+    vm.link.answer("start", {"state": "contact_check"})
+    vm.on_link_disconnected("the daemon closed the connection")
+    assert vm.service_lost and not vm.holding_lease
+    vm.lease_tick()
+    assert "lease" not in vm.link.cmds()
+    vm.on_link_connected(HELLO)
+    assert not vm.service_lost
+    vm.on_link_message(
+        {
+            "event": "status",
+            "data": status(
+                state="fault",
+                output="tripped",
+                fault={"code": "LEASE_EXPIRED", "message": "m", "action": "a"},
+            ),
+        }
+    )
+    assert vm.screen == "fault"
+
+
+def test_blanking_never_during_treatment_and_wake(vm):
+    connect(vm)
+    vm.blank_after_s = 10
+    vm.on_link_message({"event": "status", "data": status(**RUNNING)})
+    for _ in range(20):
+        vm.idle_tick(1.0)
+    assert not vm.blanked
+    vm.on_link_message({"event": "status", "data": status()})
+    for _ in range(9):
+        vm.idle_tick(1.0)
+    assert not vm.blanked
+    vm.touched()
+    for _ in range(10):
+        vm.idle_tick(1.0)
+    assert vm.blanked
+    vm.wake()
+    assert not vm.blanked and vm.screen == "home"
+
+
+def test_home_texts(vm):
+    connect(vm)
+    vm.totals = {"streak_days": 4, "today_active_s": 600.0, "daily_max_s": 1800.0}
+    vm.history = [
+        {"program_name": "Demo", "started_at": 1_800_000_000.0 - 3600},
+        {"program_name": "Demo", "started_at": 1_800_000_000.0 - 30 * 86400},
+    ]
+    assert vm.streak_text() == S.STREAK.format(n=4)
+    assert vm.today_text() == S.TODAY_LEFT.format(min=20)
+    assert vm.week_count() == 1
+    assert vm.last_text().startswith("Last: Demo")
+    vm.totals = {"streak_days": 1, "today_active_s": 1800.0, "daily_max_s": 1800.0}
+    assert vm.today_text() == S.TODAY_USED_UP and vm.streak_text() == S.STREAK_ONE
+
+
+def test_export_csv_writes_file(vm, tmp_path):
+    connect(vm)
+    out = tmp_path / "h.csv"
+    vm.export_csv(lambda: str(out))
+    vm.link.answer("export_csv", {"csv": "id\r\n1\r\n"})
+    assert out.read_bytes() == b"id\r\n1\r\n" and str(out) in vm.notice
+    vm.export_csv(lambda: str(tmp_path / "nodir" / "x.csv"))
+    vm.link.answer("export_csv", {"csv": "id\r\n"})
+    assert vm.notice.startswith("Could not save")
+
+
+def test_service_pin(vm):
+    connect(vm)
+    assert not vm.unlock_service("1234") and vm.notice == S.PIN_WRONG
+    assert vm.unlock_service("0000") and vm.service_unlocked
+    vm.go("home")
+    assert not vm.service_unlocked
+
+
+def test_helpers():
+    assert mmss(None) == "--:--" and mmss(0) == "0:00" and mmss(61.2) == "1:02"
+    assert contact_band(False, 100) == "none" and contact_band(True, 90) == "good"
+    assert contact_band(True, 60) == "fair" and contact_band(True, 10) == "dry"
+
+
+def test_lease_kept_through_self_test_and_ready_before_output(vm):
+    """A start that runs the self-test first: self_test -> ready -> contact_check. The lease
+    must be renewed all along (it was dropped at "ready": LEASE_EXPIRED in the bench)."""
+    connect(vm)
+    vm.start_treatment()
+    vm.link.answer("start", {"state": "self_test"})
+    for state in ("self_test", "ready", "contact_check"):
+        vm.on_link_message({"event": "status", "data": status(state=state)})
+        n = vm.link.cmds().count("lease")
+        vm.lease_tick()
+        assert vm.link.cmds().count("lease") == n + 1, state
+    vm.on_link_message({"event": "start_refused", "data": {"reason": "charger"}})
+    n = vm.link.cmds().count("lease")
+    vm.lease_tick()
+    assert vm.link.cmds().count("lease") == n
