@@ -151,7 +151,7 @@ def test_new_database_is_wal_full_sync_with_foreign_keys(hist: History, db_path:
     assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     assert conn.execute("PRAGMA synchronous").fetchone() == (2,)  # FULL
     assert conn.execute("PRAGMA foreign_keys").fetchone() == (1,)
-    assert snapshot(db_path)["user_version"] == SCHEMA_VERSION == 1
+    assert snapshot(db_path)["user_version"] == SCHEMA_VERSION == 2
     assert hist.set_aside == [] and hist.damage_reason is None
 
 
@@ -961,3 +961,28 @@ def test_stopping_the_worker_keeps_the_engines_writes_and_drops_queued_bulk_read
     assert not bulk.done()  # dropped, not run: a stop does not wait for a history flood
     with History(tmp_path / "history.db") as h:
         assert [r.id for r in h.recent(5)] == [1]
+
+
+def test_a_version_1_history_is_upgraded_without_losing_a_record(tmp_path):
+    """Schema 2 adds the screenings table; a device's existing treatments stay as they were."""
+    import sqlite3
+
+    from hw import history as hmod
+
+    db = tmp_path / "history.db"
+    conn = sqlite3.connect(db)
+    hmod._migrate_to_1(conn)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute(
+        "INSERT INTO treatments (program_id, program_name, started_at, ended_at, end_reason,"
+        " active_s, charge_uc, updated_at) VALUES ('demo', 'Demo', 1.0, 17.0, 'finished', 16.0,"
+        " 800.0, 17.0)"
+    )
+    conn.commit()
+    conn.close()
+    with History(db) as h:
+        (rec,) = h.recent(5)
+        assert rec.program_id == "demo" and rec.end_reason == "finished" and rec.charge_uc == 800.0
+        assert h.last_screening() is None
+        assert h.record_screening({"implant": False})["passed"] is True
+    assert snapshot(db)["user_version"] == 2

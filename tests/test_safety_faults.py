@@ -34,6 +34,10 @@ RUN_TRIPS: dict[str, tuple[frozenset[Fault], float]] = {
     # Inputs read at the top of every tick.
     "estop": (frozenset({Fault.ESTOP}), 0.5),
     "charger": (frozenset({Fault.CHARGER}), 0.5),
+    # A broken wire of either interlock reads as pressed / charger present (fail-safe), and the
+    # open chain drops the relay in hardware too.
+    "estop_wire_broken": (frozenset({Fault.ESTOP}), 0.5),
+    "charger_wire_broken": (frozenset({Fault.CHARGER}), 0.5),
     # Current stops following while the electrode voltage is not at compliance:
     # follow_debounce_ms (8) of samples.
     "open_circuit": (frozenset({Fault.OPEN_CIRCUIT}), 20.0),
@@ -55,7 +59,7 @@ RUN_TRIPS: dict[str, tuple[frozenset[Fault], float]] = {
         8.5,
     ),
 }
-POST_ONLY = ("welded_relay", "dead_comparator")
+POST_ONLY = ("welded_relay", "dead_comparator", "estop_bridged", "charger_bridged")
 NOT_A_TRIP = ("lift_off",)
 OFFSETS = (0, 7, 20, 33)  # ticks into the 40-tick (50 Hz) period before the fault is injected
 
