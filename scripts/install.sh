@@ -232,8 +232,8 @@ setup_venv() {
     "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade pip
     # Not editable: the appliance runs an installed copy, not the checkout. --upgrade reinstalls
     # the project itself and touches dependencies only when they no longer fit.
-    log "pip install ${MCK_SOURCE}[pi]"
-    "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade "${MCK_SOURCE}[pi]"
+    log "pip install ${MCK_SOURCE}[pi,kiosk]"
+    "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade "${MCK_SOURCE}[pi,kiosk]"
 }
 
 setup_config() {
