@@ -15,7 +15,9 @@ Invariants (checked after every 0.5 ms tick through ``SimRig.on_tick``):
 from __future__ import annotations
 
 import math
+import os
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -218,6 +220,11 @@ class SafetyMachine(RuleBasedStateMachine):
         rig = self.rig
         loop = rig.loop
         if loop.state in (OutputState.OFF, OutputState.TRIPPED) and not rig.guard.tripped:
+            if rig.board.lines.charger_pin.state:
+                # The charger interlock holds the relay open: refused, with what to do.
+                with pytest.raises(CommandRefused, match="charger"):
+                    loop.run_post()
+                return
             result = rig.post()
             if result is not None and result["passed"]:
                 assert rig.guard.post_valid and loop.state == OutputState.OFF
@@ -232,7 +239,11 @@ class SafetyMachine(RuleBasedStateMachine):
                 raise AssertionError(f"POST accepted in state {loop.state}")
 
 
+# Derandomized: the same 100 programs of 20 steps on every run, so CI is deterministic (a random
+# seed found the charger + self-test case on one run in five). Explore with a random seed by hand:
+# HYPOTHESIS_RANDOM=1 ./scripts/test tests/test_safety_invariants.py
 SafetyMachine.TestCase.settings = settings(
+    derandomize=not os.environ.get("HYPOTHESIS_RANDOM"),
     max_examples=100,
     stateful_step_count=20,
     deadline=None,
