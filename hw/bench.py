@@ -710,7 +710,14 @@ def run_floods(sock_path, kiosk, kinds=tuple(FLOODS), seconds: float = FLOOD_S) 
     ctx = multiprocessing.get_context("fork")
     out = {}
     for kind in kinds:
-        _ensure_running(kiosk)  # after a trip: acknowledge, self-test, start again
+        try:
+            _ensure_running(kiosk)  # after a trip: acknowledge, self-test, start again
+        except Exception:  # noqa: BLE001
+            if not out:
+                raise
+            # It could not be brought back (the trip that ended the last flood, or another one
+            # during the recovery): stop here; the last flood's status says what happened.
+            break
         stop = ctx.Event()
         p = ctx.Process(target=_flood_main, args=(kind, str(sock_path), stop), daemon=True)
         p.start()
