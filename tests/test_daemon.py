@@ -25,6 +25,7 @@ from daemon_helpers import (
     retry_on_host_timing,
     start_treatment,
     subprocess_env,
+    treatments,
 )
 
 from hw import bench
@@ -354,11 +355,13 @@ def seeded_db(tmp_path_factory) -> Path:
     return path
 
 
-def test_floods_from_other_local_clients_never_end_a_treatment(tmp_path, seeded_db):
-    # Item 10: each flood of the issue in turn (bare newlines without hello, 2000 pipelined
-    # `programs` never read, a non-holder pipelining `lease`, `history limit=500` with 1000
-    # treatments on record, 2000 `export_csv` queued, 1100 idle connections) while the kiosk
-    # renews its lease every 100 ms: every renewal is answered held, no fault, still running.
+@pytest.mark.parametrize("flood", [k for k in bench.FLOODS if k != "none"])
+def test_floods_from_other_local_clients_never_end_a_treatment(tmp_path, seeded_db, flood):
+    # Item 10: each flood of the issue (bare newlines without hello, 2000 pipelined `programs`
+    # never read, a non-holder pipelining `lease`, `history limit=500` with 1000 treatments on
+    # record, 2000 `export_csv` queued, 1100 idle connections) while the kiosk renews its lease
+    # every 100 ms: every renewal is answered held, no fault, still running. One flood a test: a
+    # host-timing LOOP_STALL (the known cause, see daemon_helpers) reruns only that flood.
     def scenario(daemons):
         d = daemons.make()
         d.state_dir.mkdir(parents=True, exist_ok=True)
@@ -367,7 +370,7 @@ def test_floods_from_other_local_clients_never_end_a_treatment(tmp_path, seeded_
         expect_ready(d)
         kiosk = d.client("kiosk")
         start_treatment(kiosk, bench.FLOOD_PROGRAM)
-        kinds = list(bench.FLOODS)  # "none" first: the kiosk alone (a trip there is the host)
+        kinds = [flood]
         per = bench.run_floods(d.socket, kiosk, kinds=kinds, seconds=2.0)
         for kind in kinds:
             r = per[kind]
@@ -379,7 +382,10 @@ def test_floods_from_other_local_clients_never_end_a_treatment(tmp_path, seeded_
             assert r["held"], kind
             assert r["status"]["state"] == "running" and r["status"]["fault"] is None, (kind, r)
             assert len(r["rtt_ms"]) >= 2, (kind, r)  # the kiosk was answered during it
-        assert kiosk.request("history", limit=1)[0]["end_reason"] is None  # the one running
+        # The one running is still open in the record (read from the file: a history request
+        # of the kiosk's own would wait behind the flood's queued bulk work without renewing).
+        recs = treatments(d.db_path)
+        assert recs[max(recs)][0] is None, recs[max(recs)]
         assert "Traceback" not in d.log()
 
     retry_on_host_timing(tmp_path, scenario)
