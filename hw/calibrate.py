@@ -35,6 +35,7 @@ from hw.boardfile import (
     write_board,
 )
 from hw.config import Config, ConfigError, Problem, load_config
+from hw.safety import Guard
 from hw.yamlfile import _read_yaml
 
 # How many codes either side of zero the measurement drives: about 200 uA, the POST check current.
@@ -122,6 +123,7 @@ def measure_sim(seed: int = 1) -> dict[str, float]:
     clock = SimClock()
     board = build_sim_board(cfg, clock, seed=seed)
     lines, dac, adc = board.lines, board.dac, board.adc
+    guard = Guard(board, clock)  # the one guarded enable, even on this private simulated board
     kick = [False]
 
     def wait(seconds: float) -> None:
@@ -141,13 +143,15 @@ def measure_sim(seed: int = 1) -> dict[str, float]:
         wait(0.001)
 
     try:
-        lines.dac_shutdown.on()
+        if not guard.enable(relay=False):
+            raise RuntimeError("the guard refused the DAC")
         dac.write_a(fe.dac_zero_code)
         dac.write(DacWord(CHANNEL_B, 4095))
         wait(0.002)
         rearm()
         lines.test_load.on()
-        lines.output_enable.on()
+        if not guard.enable():
+            raise RuntimeError("the guard refused the output")
         amps, codes = {}, {}
         for sign in (1, -1):
             dac.write_a(fe.dac_zero_code + sign * MEASURE_CODES)
