@@ -736,6 +736,13 @@ class Engine:
                 "failed_step": (self.loop.post_result or {}).get("failed_step"),
             },
             "last_summary": self.last_summary if self.state == State.FINISHED else None,
+            # The real-time loop's own health: ticks run, ticks that overran their period, and
+            # the worst gap between two ticks since it started (a service engineer's figure).
+            "loop": {
+                "ticks": snap.ticks if snap else 0,
+                "overruns": snap.overruns if snap else 0,
+                "gap_max_ms": round(snap.gap_max_ms, 3) if snap else 0.0,
+            },
         }
         return out
 

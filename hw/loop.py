@@ -110,6 +110,7 @@ class Snapshot:
     alarm: dict | None  # current flowing with the output off: take the electrodes off
     ticks: int
     overruns: int
+    gap_max_ms: float  # worst time between two tick starts since the loop began
 
 
 def _ticks(ms: float, tick_s: float) -> int:
@@ -186,6 +187,7 @@ class ControlLoop:
         self.ticks = 0
         self.overruns = 0
         self.last_tick_s = clock.now()
+        self.gap_max_s = 0.0
         self.last_adc_s = clock.now()
         self._aux_i = 0
         self._kick = False
@@ -496,6 +498,8 @@ class ControlLoop:
         gap = now - self.last_tick_s
         self.last_tick_s = now
         self.ticks += 1
+        if gap > self.gap_max_s and self.ticks > 1:
+            self.gap_max_s = gap
         try:
             while self._cmds:
                 self._cmds.popleft()()
@@ -1057,6 +1061,7 @@ class ControlLoop:
             alarm=alarm.as_dict() if alarm else None,
             ticks=self.ticks,
             overruns=self.overruns,
+            gap_max_ms=self.gap_max_s * 1e3,
         )
 
 
