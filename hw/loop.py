@@ -1097,8 +1097,18 @@ class LoopRunner:
 
     MAX_CATCH_UP = 4
 
-    def __init__(self, loop: ControlLoop, stats_size: int = 20000):
+    def __init__(
+        self,
+        loop: ControlLoop,
+        stats_size: int = 20000,
+        before_tick: Callable[[], None] | None = None,
+        after_tick: Callable[[], None] | None = None,
+    ):
         self.loop = loop
+        # Hooks run on the loop's thread around every tick, inside its measured cost: the
+        # real-time process drains its command channel before and publishes after.
+        self.before_tick = before_tick
+        self.after_tick = after_tick
         self.period_s = loop.tick_s
         self.spin_s = loop.cfg.loop.spin_us * 1e-6
         self.late_us: collections.deque[float] = collections.deque(maxlen=stats_size)
@@ -1144,7 +1154,11 @@ class LoopRunner:
             if self._stall_s:
                 s, self._stall_s = self._stall_s, 0.0
                 time.sleep(s)
+            if self.before_tick is not None:
+                self.before_tick()
             loop.tick()
+            if self.after_tick is not None:
+                self.after_tick()
             t1 = pc()
             cost.append((t1 - t0) * 1e6)
             nxt += period
