@@ -133,6 +133,10 @@ class Plant:
         self.q_abs_uc = 0.0
         self.on_relay_change = None  # callback(t_s, closed)
         self.on_latch_change = None  # callback(t_s, latched)
+        # The time the relay was last brought up to date (_update_relay). Every change of the
+        # coil's inputs is followed by an update (the board's pin hooks and fault injection do
+        # it), so at that same time it is current and need not be worked out again.
+        self._relay_synced_s: float | None = None
 
     # ---- commands from chips and lines -------------------------------------------------------
     @property
@@ -315,6 +319,7 @@ class Plant:
             self._t_touch_s = self._t_settled_s = self._t_part_s = math.inf
         else:
             t_part = None
+        self._relay_synced_s = t_s
         closed = self._contacts_at(t_s)
         if closed != self.relay_closed:
             self.relay_closed = closed
@@ -324,8 +329,13 @@ class Plant:
     def advance(self, t_s: float) -> None:
         """Move the plant forward to ``t_s`` (monotonic seconds), in pieces split at every relay
         edge so that the current flows exactly while the contacts conduct."""
+        synced = self._relay_synced_s == self.t_s
+        if synced and t_s <= self.t_s:
+            return  # no time has passed since the relay was last brought up to date
         while self.t_s < t_s:
-            self._update_relay(self.t_s)  # coil and contacts at the start of the piece
+            if not synced:
+                self._update_relay(self.t_s)  # coil and contacts at the start of the piece
+            synced = False
             edge = self._next_relay_edge(self.t_s)
             self._advance_to(edge if edge < t_s else t_s)
         self._update_relay(t_s)
