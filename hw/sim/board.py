@@ -147,7 +147,7 @@ class SimAdcBus(_SimBus):
         with b.lock:
             b._check_spi()
             self.transfers += 1
-            b.plant.advance(b.clock.now())
+            b.plant.observe(b.clock.now())
             # Bit-exact: leading zeros, the start bit, SGL/DIFF and D2..D0 act as on the chip.
             return mcp3208.respond(data, self._convert)
 

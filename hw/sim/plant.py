@@ -54,6 +54,9 @@ DAMP_SKIN = Load(rs_ohm=2000.0, rp_ohm=40000.0, cp_f=20e-9)
 SWEATY_SKIN = Load(rs_ohm=300.0, rp_ohm=2500.0, cp_f=100e-9)
 
 
+OBSERVE_QUANTUM_S = 50e-6  # the plant's time resolution for readings (see Plant.observe)
+
+
 class Plant:
     """Physical state of the simulated board. Not thread-safe: the SimBoard serialises access."""
 
@@ -325,6 +328,16 @@ class Plant:
             self.relay_closed = closed
             if self.on_relay_change:
                 self.on_relay_change(t_part if (t_part is not None and not closed) else t_s, closed)
+
+    def observe(self, t_s: float) -> None:
+        """Bring the plant up to ``t_s`` for a reading (an ADC conversion). Readings closer than
+        OBSERVE_QUANTUM_S to the plant's last step see that step: the loop's conversions come
+        back to back, 10-30 us apart in real time, and stepping the plant for each cost more than
+        the loop's own work. Everything that changes an input (a DAC word, a line, a fault)
+        still advances it exactly (:meth:`advance`), and in simulated time, where every
+        conversion of a tick has the same time stamp, nothing changes."""
+        if t_s - self.t_s >= OBSERVE_QUANTUM_S or self._relay_synced_s != self.t_s:
+            self.advance(t_s)
 
     def advance(self, t_s: float) -> None:
         """Move the plant forward to ``t_s`` (monotonic seconds), in pieces split at every relay
