@@ -20,7 +20,15 @@ import sys
 from pathlib import Path
 
 import pytest
-from daemon_helpers import Daemon, subprocess_env
+from daemon_helpers import (
+    OUTPUT_OFF,
+    Daemon,
+    keep_lease,
+    renew_until,
+    retry_on_host_timing,
+    start_treatment,
+    subprocess_env,
+)
 from test_units import HW, KIOSK, Unit, _fake_prefix, _render
 
 from hw.journal import (
@@ -374,3 +382,126 @@ def test_daemon_logs_realtime_with_priorities(tmp_path):
         assert len(rt) == 1, lines
         granted = "granted" in rt[0]
         assert rt[0].startswith("<6>INFO" if granted else "<4>WARNING"), rt[0]
+
+
+# --- the hw unit's syscall filter and MemoryDenyWriteExecute, applied for real -----------------
+
+
+def _expand_filter(unit: Unit) -> set[str]:
+    """The syscalls a unit's SystemCallFilter= lines allow: the first (allow) line's sets, minus
+    every later ``~`` line's, each @group expanded by ``systemd-analyze syscall-filter``."""
+    out = subprocess.run(
+        ["systemd-analyze", "syscall-filter", "--no-pager"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    groups: dict[str, list[str]] = {}
+    current = None
+    for line in out.splitlines():
+        word = line.strip()
+        if not word or word.startswith("#"):
+            continue
+        if not line[0].isspace():
+            current = groups.setdefault(word, [])
+        elif current is not None:
+            current.append(word)
+
+    def expand(names: list[str]) -> set[str]:
+        result: set[str] = set()
+        for name in names:
+            if name.startswith("@"):
+                assert name in groups, f"unknown syscall group {name}"
+                result |= expand(groups[name])
+            else:
+                result.add(name)
+        return result
+
+    allowed: set[str] = set()
+    for value in unit.all("Service", "SystemCallFilter"):
+        if value.startswith("~"):
+            allowed -= expand(value[1:].split())
+        else:
+            allowed |= expand(value.split())
+    return allowed
+
+
+@pytest.fixture(scope="module")
+def sandbox(hw, tmp_path_factory) -> list[str]:
+    """``[sandbox, allowlist, mdwe|-]``: prefix a command with it to run it under the unit's
+    filter (EPERM for anything else) and, when the unit sets it, MemoryDenyWriteExecute."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None or shutil.which("systemd-analyze") is None:
+        pytest.skip("needs a C compiler and systemd-analyze (apt-get install gcc systemd)")
+    if not Path("/usr/include/seccomp.h").exists():
+        pytest.skip("needs libseccomp's header (apt-get install libseccomp-dev)")
+    base = tmp_path_factory.mktemp("seccomp")
+    exe = base / "seccomp_sandbox"
+    src = Path(__file__).parent / "helpers" / "seccomp_sandbox.c"
+    proc = subprocess.run(
+        [cc, "-O2", "-o", str(exe), str(src), "-lseccomp"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    allow = base / "allow.txt"
+    allow.write_text("\n".join(sorted(_expand_filter(hw))) + "\n")
+    mdwe = "mdwe" if hw.get("Service", "MemoryDenyWriteExecute") == "yes" else "-"
+    return [str(exe), str(allow), mdwe]
+
+
+@pytest.mark.parametrize(
+    ("code", "denied"),
+    [
+        # W+X memory (a JIT, a libffi closure): MemoryDenyWriteExecute=yes.
+        ("import mmap; mmap.mmap(-1, 4096, prot=7)", True),
+        ("import os; os.setuid(0)", True),  # ~@privileged
+        ("import os; os.chown('/', 0, 0)", True),  # ~@privileged
+        ("import mmap; mmap.mmap(-1, 4096, prot=3)", False),  # plain R+W memory is fine
+    ],
+)
+def test_the_sandbox_denies_what_the_unit_denies(sandbox, code, denied):
+    proc = subprocess.run(
+        [*sandbox, sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    if denied:
+        assert proc.returncode == 1 and "PermissionError" in proc.stderr, proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.slow
+def test_daemon_runs_a_treatment_under_the_units_filter(sandbox, tmp_path):
+    """The simulated daemon under the hw unit's SystemCallFilter= and MemoryDenyWriteExecute=:
+    start-up, self-test, SCHED_FIFO, a treatment, history and export, SIGTERM, all with no
+    denied call (a denied call is EPERM, which surfaces as an error in the log or a failure)."""
+
+    class Sandboxed(Daemon):
+        def argv(self) -> list[str]:
+            return [*sandbox, *super().argv()]
+
+    def scenario(factory) -> str:
+        d = Sandboxed(factory.root, "hw")
+        factory.daemons.append(d)  # stopped at exit
+        d.start()
+        c = d.client("kiosk")
+        start_treatment(c, program="demo", level=2)
+        keep_lease(c, 1.0)
+        c.request("stop")
+        renew_until(c, lambda s: s["state"] != "running" and s["output"] in OUTPUT_OFF, 15.0)
+        assert c.request("history", limit=5), "the treatment was recorded"
+        assert "demo" in c.request("export_csv")["csv"]
+        assert d.terminate() == 0
+        return d.log()
+
+    log = retry_on_host_timing(tmp_path, scenario)
+    assert "Operation not permitted" not in log and "Traceback" not in log, log
+    # The filter must not be what refuses SCHED_FIFO: where this host grants it unsandboxed, the
+    # sandboxed daemon gets it too.
+    probe = "import os; os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(20))"
+    if subprocess.run([sys.executable, "-c", probe], capture_output=True, timeout=60).returncode:
+        assert "REALTIME loop thread: SCHED_FIFO 20 refused" in log, log
+    else:
+        assert "REALTIME loop thread: granted" in log, log
