@@ -43,6 +43,7 @@ from hw.clock import MonotonicClock
 from hw.config import Config, ConfigError, load_config
 from hw.engine import Engine, EngineRefused, State
 from hw.history import History, HistoryError, TreatmentSummary, ZoneSummary
+from hw.journal import log_realtime, setup_logging
 from hw.loop import (
     ACTIVE,
     CommandRefused,
@@ -1014,7 +1015,8 @@ class Daemon:
         # docs/protocol.md "Fair service"). Real-time too, below the loop and its supervisor.
         prio = self.cfg.loop.realtime_priority
         service_prio = max(1, prio // 2) if prio > 0 else 0
-        log.info("service thread: %s", _tune_thread(service_prio))
+        log_realtime(log, "loop thread", prio, self.runner.sched_note)
+        log_realtime(log, "service thread", service_prio, _tune_thread(service_prio))
         self.worker.submit(lambda h: _tune_thread(service_prio))
         path = self.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -1237,9 +1239,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     ap.add_argument("--sim-mirror", help="(sim) mirror the board's pins into this file")
     args = ap.parse_args(argv)
-    logging.basicConfig(
-        stream=sys.stdout, level=logging.INFO, format="%(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(sys.stdout)  # <N> priority prefixes when stdout is the journal
     from hw.notify import Notifier
 
     notifier = Notifier()

@@ -2,7 +2,8 @@
 # microcurrent-kiosk installer for Raspberry Pi OS Bookworm (Debian 12).
 #
 #   sudo scripts/install.sh                  full system install (unattended, idempotent)
-#   scripts/install.sh --render-only OUTDIR  only render the two systemd units into OUTDIR
+#   scripts/install.sh --render-only OUTDIR  only render the two systemd units and the
+#                                            sysusers.d file into OUTDIR
 #                                            (no root, no system change; used by the tests)
 #   scripts/install.sh --help
 #
@@ -23,6 +24,8 @@
 # Every failing step (apt, pip, systemctl, ...) stops the script (set -e). Running it again is
 # safe: users, groups, the venv, config.txt and site.yaml are only changed when needed, and an
 # existing site.yaml is never touched. Running units are not restarted (see docs/deployment.md).
+# Python packages come only from requirements/pi.txt: pinned, every file checked against its
+# sha256 (pip --require-hashes), built without build isolation (see docs/deployment.md).
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -42,6 +45,9 @@ MCK_SOURCE="${MCK_SOURCE:-$(cd "$SCRIPT_DIR/.." && pwd)}"
 
 UNITS=(microcurrent-hw.service microcurrent-kiosk.service)
 UNIT_DIR=/etc/systemd/system
+# The system users and groups (sysusers.d(5)), rendered like the units.
+SYSUSERS=microcurrent-kiosk.sysusers.conf
+SYSUSERS_DEST=/etc/sysusers.d/microcurrent-kiosk.conf
 
 # Build tools for the spidev/lgpio wheels when no binary wheel fits (lgpio's sdist runs swig
 # and links -llgpio), and the Mesa/DRM runtime Kivy's SDL2 needs for KMS/DRM + GLES.
@@ -112,33 +118,37 @@ check_vars() {
 
 # --- rendering (the one code path for --render-only and a real install) --------------------
 
+render() { # TEMPLATE DEST: fill in the @NAME@ placeholders, write DEST atomically (0644)
+    local tmpl="$1" dest="$2" tmp left
+    [[ -f "$tmpl" ]] || die "template missing: $tmpl"
+    mkdir -p "$(dirname "$dest")"
+    tmp="$(mktemp "$(dirname "$dest")/.$(basename "$dest").XXXXXX")"
+    sed -e "s|@VENV@|$MCK_PREFIX/venv|g" \
+        -e "s|@PREFIX@|$MCK_PREFIX|g" \
+        -e "s|@HW_USER@|$MCK_HW_USER|g" \
+        -e "s|@KIOSK_USER@|$MCK_KIOSK_USER|g" \
+        -e "s|@GROUP@|$MCK_GROUP|g" \
+        -e "s|@CONFIG@|$MCK_CONFIG_DIR/site.yaml|g" \
+        -e "s|@SOCKET@|$MCK_SOCKET|g" \
+        -e "s|@RUNTIME_DIRECTORY@|$RUNTIME_DIRECTORY|g" \
+        -e "s|@STATE_DIR@|$MCK_STATE_DIR|g" \
+        -e "s|@STATE_DIRECTORY@|$STATE_DIRECTORY|g" \
+        -e "s|@KIOSK_STATE_DIR@|$MCK_KIOSK_STATE_DIR|g" \
+        -e "s|@KIOSK_STATE_DIRECTORY@|$KIOSK_STATE_DIRECTORY|g" \
+        "$tmpl" >"$tmp"
+    if left="$(grep -noE '@[A-Z_]+@' "$tmp")"; then
+        rm -f "$tmp"
+        die "$tmpl: unknown template variable(s): ${left//$'\n'/ }"
+    fi
+    chmod 0644 "$tmp"
+    mv -f "$tmp" "$dest"
+    log "rendered $dest"
+}
+
 render_units() { # OUTDIR
-    local outdir="$1" unit tmpl tmp left
-    mkdir -p "$outdir"
+    local unit
     for unit in "${UNITS[@]}"; do
-        tmpl="$MCK_SOURCE/systemd/$unit.in"
-        [[ -f "$tmpl" ]] || die "template missing: $tmpl"
-        tmp="$(mktemp "$outdir/.$unit.XXXXXX")"
-        sed -e "s|@VENV@|$MCK_PREFIX/venv|g" \
-            -e "s|@PREFIX@|$MCK_PREFIX|g" \
-            -e "s|@HW_USER@|$MCK_HW_USER|g" \
-            -e "s|@KIOSK_USER@|$MCK_KIOSK_USER|g" \
-            -e "s|@GROUP@|$MCK_GROUP|g" \
-            -e "s|@CONFIG@|$MCK_CONFIG_DIR/site.yaml|g" \
-            -e "s|@SOCKET@|$MCK_SOCKET|g" \
-            -e "s|@RUNTIME_DIRECTORY@|$RUNTIME_DIRECTORY|g" \
-            -e "s|@STATE_DIR@|$MCK_STATE_DIR|g" \
-            -e "s|@STATE_DIRECTORY@|$STATE_DIRECTORY|g" \
-            -e "s|@KIOSK_STATE_DIR@|$MCK_KIOSK_STATE_DIR|g" \
-            -e "s|@KIOSK_STATE_DIRECTORY@|$KIOSK_STATE_DIRECTORY|g" \
-            "$tmpl" >"$tmp"
-        if left="$(grep -noE '@[A-Z_]+@' "$tmp")"; then
-            rm -f "$tmp"
-            die "$tmpl: unknown template variable(s): ${left//$'\n'/ }"
-        fi
-        chmod 0644 "$tmp"
-        mv -f "$tmp" "$outdir/$unit"
-        log "rendered $outdir/$unit"
+        render "$MCK_SOURCE/systemd/$unit.in" "$1/$unit"
     done
 }
 
@@ -149,6 +159,7 @@ check_system() {
         die "a system install must run as root (try: sudo $0). To only render the units, use: $0 --render-only OUTDIR"
     fi
     command -v systemctl >/dev/null 2>&1 || die "systemctl not found: this installer needs systemd"
+    command -v systemd-sysusers >/dev/null 2>&1 || die "systemd-sysusers not found: this installer needs systemd"
     local id="" like="" ver=""
     if [[ -r /etc/os-release ]]; then
         # shellcheck disable=SC1091
@@ -167,6 +178,8 @@ check_system() {
         die "this installer targets Raspberry Pi OS Bookworm / Debian 12, found ID=${id:-?} VERSION_ID=${ver:-?}. Set MCK_FORCE=1 to try anyway."
     fi
     [[ -f "$MCK_SOURCE/pyproject.toml" ]] || die "MCK_SOURCE='$MCK_SOURCE' is not the project (no pyproject.toml)"
+    [[ -f "$MCK_SOURCE/requirements/pi.txt" && -f "$MCK_SOURCE/requirements/pi-build.txt" ]] ||
+        die "MCK_SOURCE='$MCK_SOURCE' has no requirements/pi.txt and pi-build.txt (scripts/lock-pi makes them)"
 }
 
 install_packages() {
@@ -186,40 +199,19 @@ install_packages() {
     apt-get install -y --no-install-recommends "${pkgs[@]}"
 }
 
-ensure_group() { # NAME
-    if ! getent group "$1" >/dev/null; then
-        groupadd --system "$1"
-        log "created group $1"
-    fi
-}
-
-ensure_user() { # NAME HOME SUPPLEMENTARY_GROUPS(comma separated)
-    local name="$1" home="$2" groups="$3"
-    if ! getent passwd "$name" >/dev/null; then
-        local primary=(--user-group)
-        getent group "$name" >/dev/null && primary=(--gid "$name")
-        useradd --system "${primary[@]}" --no-create-home --home-dir "$home" \
-            --shell /usr/sbin/nologin --comment "microcurrent-kiosk" "$name"
-        log "created system user $name"
-    fi
-    # The units set these groups themselves (SupplementaryGroups=); recording the membership
-    # too keeps `id USER` truthful. -a: never drops groups an admin added.
-    usermod -a -G "$groups" "$name"
-}
-
 setup_accounts() {
     local g
     # gpio/spi come with Raspberry Pi OS (its udev rules give them /dev/gpiochip*, /dev/spidev*).
     for g in gpio spi; do
         if ! getent group "$g" >/dev/null; then
-            warn "group $g does not exist (not Raspberry Pi OS?): creating it; the device nodes need udev rules giving it access"
+            warn "group $g does not exist (not Raspberry Pi OS?): systemd-sysusers creates it; the device nodes need udev rules giving it access"
         fi
     done
-    for g in "$MCK_GROUP" gpio spi video render input; do
-        ensure_group "$g"
-    done
-    ensure_user "$MCK_HW_USER" "$MCK_STATE_DIR" "$MCK_GROUP,gpio,spi"
-    ensure_user "$MCK_KIOSK_USER" "$MCK_KIOSK_STATE_DIR" "$MCK_GROUP,video,render,input"
+    # Users, groups and memberships are declared in one sysusers.d file; systemd-sysusers creates
+    # what is missing and keeps what exists (also users an older installer made with useradd).
+    render "$MCK_SOURCE/systemd/$SYSUSERS.in" "$SYSUSERS_DEST"
+    systemd-sysusers "$SYSUSERS_DEST"
+    log "systemd-sysusers $SYSUSERS_DEST: users $MCK_HW_USER and $MCK_KIOSK_USER, group $MCK_GROUP"
 }
 
 setup_venv() {
@@ -229,11 +221,22 @@ setup_venv() {
         log "creating $venv"
         python3 -m venv "$venv"
     fi
-    "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade pip
-    # Not editable: the appliance runs an installed copy, not the checkout. --upgrade reinstalls
-    # the project itself and touches dependencies only when they no longer fit.
-    log "pip install ${MCK_SOURCE}[pi,kiosk]"
-    "$venv/bin/python" -m pip install --disable-pip-version-check --upgrade "${MCK_SOURCE}[pi,kiosk]"
+    # Every Python package comes pinned and hashed from requirements/ (scripts/lock-pi makes
+    # them): pip refuses any file whose sha256 is not listed, and any requirement not pinned.
+    # --no-build-isolation: an sdist (spidev has no aarch64 wheel) is built with the hashed
+    # setuptools installed first, not with build tools pip would download unchecked. pip itself
+    # stays the one python3-venv ships (Debian's package), for the same reason.
+    local req="$MCK_SOURCE/requirements" pip=("$venv/bin/python" -m pip --disable-pip-version-check)
+    [[ "$(uname -m)" == aarch64 ]] ||
+        warn "requirements/pi.txt is resolved for 64-bit Raspberry Pi OS (aarch64), this is $(uname -m): packages without a wheel here are built from source and may need more build tools"
+    log "pip install --require-hashes -r requirements/pi-build.txt, then -r requirements/pi.txt"
+    "${pip[@]}" install --require-hashes --no-deps -r "$req/pi-build.txt"
+    "${pip[@]}" install --require-hashes --no-build-isolation -r "$req/pi.txt"
+    # The project itself, from the checkout (a directory has no hash): its dependencies are all
+    # installed above (--no-deps), nothing is fetched (--no-index). Not editable: the appliance
+    # runs an installed copy, not the checkout; --force-reinstall picks up a new checkout.
+    log "pip install $MCK_SOURCE (no dependencies, no index)"
+    "${pip[@]}" install --no-deps --no-build-isolation --no-index --force-reinstall "$MCK_SOURCE"
 }
 
 setup_config() {
@@ -356,6 +359,7 @@ case "${1:-}" in
     }
     check_vars
     render_units "$2"
+    render "$MCK_SOURCE/systemd/$SYSUSERS.in" "$2/$SYSUSERS"
     ;;
 "")
     check_vars

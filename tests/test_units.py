@@ -103,8 +103,9 @@ def rendered(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
 # --- rendering -------------------------------------------------------------------------------
 
 
-def test_render_only_writes_exactly_the_two_units(rendered):
-    assert sorted(p.name for p in rendered["outdir"].iterdir()) == [HW, KIOSK]
+def test_render_only_writes_exactly_the_two_units_and_the_sysusers_file(rendered):
+    names = sorted(p.name for p in rendered["outdir"].iterdir())
+    assert names == [HW, KIOSK, "microcurrent-kiosk.sysusers.conf"]
 
 
 def test_no_placeholder_left(rendered):
@@ -226,10 +227,11 @@ def test_hw_is_notify_with_watchdog(rendered):
 def test_hw_restart_policy_and_start_limit(rendered):
     hw = rendered["hw"]
     assert hw.get("Service", "Restart") == "on-failure"
-    assert hw.get("Service", "RestartSec") == "1"
+    assert hw.get("Service", "RestartSec") == "3"
     # The start limit belongs in [Unit]; in [Service] it is a deprecated, ignored-looking spot.
-    assert hw.get("Unit", "StartLimitIntervalSec") == "60"
-    assert hw.get("Unit", "StartLimitBurst") == "3"
+    # Ten starts within 120 s (at least 27 s of retries at boot), then failed for good.
+    assert hw.get("Unit", "StartLimitIntervalSec") == "120"
+    assert hw.get("Unit", "StartLimitBurst") == "10"
     assert not hw.all("Service", "StartLimitBurst")
     assert not hw.all("Service", "StartLimitIntervalSec")
     assert hw.get("Service", "KillSignal") == "SIGTERM"
@@ -254,9 +256,7 @@ def test_hw_execstart_is_the_real_daemon(rendered):
 def test_hw_devices_are_an_allow_list(rendered):
     hw = rendered["hw"]
     assert hw.get("Service", "DevicePolicy") == "closed"
-    assert sorted(hw.all("Service", "DeviceAllow")) == sorted(
-        ["/dev/spidev0.0 rw", "/dev/spidev0.1 rw", "char-gpiochip rw"]
-    )
+    assert sorted(hw.all("Service", "DeviceAllow")) == sorted(["char-spi rw", "char-gpiochip rw"])
     # PrivateDevices=yes would hide /dev/spidev* and /dev/gpiochip* from the daemon.
     assert hw.all("Service", "PrivateDevices") in ([], ["no"], ["false"])
 
