@@ -450,7 +450,8 @@ class Daemon:
             "start_refused",
             "limit",
         ):
-            log.info("EVENT %s %s", name, data)
+            # A fault is an error for journalctl -p err; the rest is information.
+            log.log(logging.ERROR if name == "fault" else logging.INFO, "EVENT %s %s", name, data)
         if name in NOT_BROADCAST:
             return
         msg = P.event(name, data)

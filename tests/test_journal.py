@@ -110,7 +110,8 @@ def test_bad_config_exits_2_with_err_priority_lines(tmp_path):
 @pytest.mark.slow
 def test_daemon_logs_realtime_with_priorities(tmp_path):
     """A real (simulated) daemon under a journal stream: startup says whether real-time was
-    granted, at info if granted and at warning if refused, and no line lacks a priority."""
+    granted, at info if granted and at warning if refused; a fault is an error; no line lacks a
+    priority."""
     d = Daemon(tmp_path, "hw")
     d.log_path.touch()
     with open(d.log_path, "ab") as log:
@@ -124,10 +125,14 @@ def test_daemon_logs_realtime_with_priorities(tmp_path):
         )
     try:
         d.wait_up()
+        with d.client() as c:
+            c.request("estop")  # a fault: journalctl -p err must show it
     finally:
         assert d.terminate() == 0
     lines = d.log().splitlines()
     assert all(re.match(r"<[0-7]>", line) for line in lines), lines
+    faults = [line for line in lines if "EVENT fault" in line]
+    assert faults and all(line.startswith("<3>ERROR") for line in faults), lines
     for thread in ("loop thread", "service thread"):
         rt = [line for line in lines if f"REALTIME {thread}:" in line]
         assert len(rt) == 1, lines
