@@ -46,6 +46,7 @@ from hw.clock import Clock
 from hw.config import Config
 from hw.post import post_sequence
 from hw.safety import Fault, Guard
+from hw.tickhist import TickHistogram, bin_of
 from hw.waveform import Waveform, WaveformSpec
 
 
@@ -111,6 +112,10 @@ class Snapshot:
     ticks: int
     overruns: int
     gap_max_ms: float  # worst time between two tick starts since the loop began
+    # The runner's histograms (hw.tickhist counts, since it started): tick-start lateness and gap
+    # between tick starts. Empty when no LoopRunner drives the loop (simulated time).
+    late_hist: tuple[int, ...] = ()
+    gap_hist: tuple[int, ...] = ()
 
 
 def _ticks(ms: float, tick_s: float) -> int:
@@ -198,6 +203,7 @@ class ControlLoop:
         self._dither = DITHER_CODES
         self._q_carry_uc = 0.0  # net charge left by output that ended unbalanced (a lift cut)
         self.snapshot: Snapshot | None = None
+        self.runner_hists: tuple[TickHistogram, TickHistogram] | None = None  # (late, gap)
         self.guard.listeners.append(self._on_trip)
         self._reset_treatment()
         self._publish(clock.now())
@@ -1062,6 +1068,8 @@ class ControlLoop:
             ticks=self.ticks,
             overruns=self.overruns,
             gap_max_ms=self.gap_max_s * 1e3,
+            late_hist=self.runner_hists[0].snapshot() if self.runner_hists else (),
+            gap_hist=self.runner_hists[1].snapshot() if self.runner_hists else (),
         )
 
 
@@ -1113,6 +1121,9 @@ class LoopRunner:
         self.spin_s = loop.cfg.loop.spin_us * 1e-6
         self.late_us: collections.deque[float] = collections.deque(maxlen=stats_size)
         self.cost_us: collections.deque[float] = collections.deque(maxlen=stats_size)
+        # Every tick since start, in fixed histograms the loop publishes (status `loop`).
+        self.late_hist, self.gap_hist = TickHistogram(), TickHistogram()
+        loop.runner_hists = (self.late_hist, self.gap_hist)
         self.sched_note = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -1141,7 +1152,9 @@ class LoopRunner:
         pc = time.perf_counter
         period, spin = self.period_s, self.spin_s
         late, cost = self.late_us, self.cost_us
+        late_n, gap_n = self.late_hist.counts, self.gap_hist.counts
         nxt = pc() + period
+        t_prev = nxt - period
         self.started.set()
         while not self._stop.is_set():
             rem = nxt - pc() - spin
@@ -1151,6 +1164,9 @@ class LoopRunner:
                 pass
             t0 = pc()
             late.append((t0 - nxt) * 1e6)
+            late_n[bin_of(int((t0 - nxt) * 1e6))] += 1
+            gap_n[bin_of(int((t0 - t_prev) * 1e6))] += 1
+            t_prev = t0
             if self._stall_s:
                 s, self._stall_s = self._stall_s, 0.0
                 time.sleep(s)
