@@ -17,6 +17,7 @@ Prints a readable table and, as its last line, one JSON object. Every number is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -363,18 +364,23 @@ def current_channel_stuck(cfg: Config) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hw.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--config", help="site config merged over the defaults")
-    ap.add_argument("--seconds", type=float, default=5.0, help="real-time loop run (s)")
+    ap.add_argument("--seconds", type=float, help="real-time loop run (s; default 5, --load 120)")
     ap.add_argument("--quick", action="store_true", help="1 s real-time run (for tests)")
+    ap.add_argument("--load", action="store_true", help="the load benchmark (hw/bench_load.py)")
     args = ap.parse_args(argv)
+    if args.load:
+        from hw.bench_load import run
+
+        return run(args.quick, args.seconds)
     cfg = load_config(args.config)
     t_start = time.perf_counter()
-    timing = loop_timing(cfg, 1.0 if args.quick else args.seconds)
+    timing = loop_timing(cfg, 1.0 if args.quick else args.seconds or 5.0)
     trips, how = trip_latencies(cfg)
     reg = regulation(cfg)
     dc = dc_balance(cfg)
     lift_dc = lift_off_balance(cfg, 30.0 if args.quick else 120.0)
     stuck = current_channel_stuck(cfg)
-    proc = daemon_process_figures(300 if args.quick else 1000)
+    proc = daemon_process_figures(300 if args.quick else 1000, 1.0 if args.quick else 10.0)
     c2d = command_to_dac(cfg, 20 if args.quick else 200)
     flood = flood_figures(1.0 if args.quick else FLOOD_S)
     lease_ms = cfg.limits.lease_ms
@@ -432,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
             "p99 <= 20",
         ),
         ("daemon RSS", f"{proc['daemon_rss_mb']:.1f} MB (state {proc['daemon_state']})", "<= 60"),
+        ("daemon CPU, output off", f"{proc['daemon_cpu_idle_pct']:.1f} % of one core", "<= 10"),
+        ("daemon CPU, treating", f"{proc['daemon_cpu_treating_pct']:.1f} % of one core", "<= 50"),
         (
             "lease round trip under floods (max)",
             f"{flood['flood_lease_rtt_ms_max']:.1f} ms"
@@ -464,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         "ipc_rtt_ms_p99": round(proc["ipc_rtt_ms_p99"], 3),
         "command_to_dac_ms_p99": round(c2d["command_to_dac_ms_p99"], 3),
         "daemon_rss_mb": round(proc["daemon_rss_mb"], 1),
+        "daemon_cpu_idle_pct": round(proc["daemon_cpu_idle_pct"], 1),
+        "daemon_cpu_treating_pct": round(proc["daemon_cpu_treating_pct"], 1),
         "flood_lease_rtt_ms_max": round(flood["flood_lease_rtt_ms_max"], 3),
         "flood_treatment_survived": all(flood["flood_survived"].values()),
     }
@@ -503,33 +513,63 @@ def _run_treatment(client, program: str = "demo", level: int = 4) -> None:
     raise RuntimeError(f"the treatment did not reach running: {status}")
 
 
-def daemon_process_figures(rtt_requests: int) -> dict:
-    """IPC round trip and memory of a real daemon process running a treatment."""
+@contextlib.contextmanager
+def spawned_daemon(state_dir, client_name: str = "bench"):
+    """A real daemon process (``python -m hw --sim``) with its socket and state in ``state_dir``.
+
+    Yields ``(process, socket path, client)``: a hw.client Client named ``client_name``, once the
+    daemon reports ``ready``. On exit (also on an exception or Ctrl-C) the daemon is terminated
+    and waited for (killed after 10 s).
+    """
     import os
     import subprocess
-    import tempfile
     from pathlib import Path
 
     from hw.client import Client
 
-    with tempfile.TemporaryDirectory() as tmp:
-        sock = Path(tmp) / "hw.sock"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("NOTIFY_SOCKET", None)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hw", "--sim", "--socket", str(sock), "--state-dir", tmp],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
+    sock = Path(state_dir) / "hw.sock"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("NOTIFY_SOCKET", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hw", "--sim", "--socket", str(sock), "--state-dir", str(state_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        _wait_socket(sock)
+        c = Client(str(sock), client_name, status=False)
+        for _ in range(100):
+            if c.request("status")["state"] == "ready":
+                break
+            time.sleep(0.05)
         try:
-            _wait_socket(sock)
-            c = Client(str(sock), "bench", status=False)
-            for _ in range(100):
-                if c.request("status")["state"] == "ready":
-                    break
-                time.sleep(0.05)
+            yield proc, sock, c
+        finally:
+            c.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def daemon_process_figures(rtt_requests: int, cpu_s: float = 10.0) -> dict:
+    """IPC round trip and memory of a real daemon process running a treatment, and the CPU the
+    daemon and its child processes use over ``cpu_s`` with the output off, then treating."""
+    import tempfile
+    from pathlib import Path
+
+    from hw.proctree import tree_cpu_pct
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with spawned_daemon(tmp) as (proc, _sock, c):
+            cpu_idle = tree_cpu_pct(proc.pid, cpu_s)
             _run_treatment(c)
+            # The kiosk's own load while treating: a renewal every 100 ms, nothing else.
+            cpu_treating = tree_cpu_pct(proc.pid, cpu_s, every_s=0.1, do=lambda: c.request("lease"))
             rtt = []
             next_lease = 0.0
             for _ in range(rtt_requests):
@@ -545,19 +585,14 @@ def daemon_process_figures(rtt_requests: int) -> dict:
                 if line.startswith("VmRSS:"):
                     rss_kb = int(line.split()[1])
             c.request("stop")
-            c.close()
             return {
                 "ipc_rtt_ms_p50": _pct(rtt, 0.5),
                 "ipc_rtt_ms_p99": _pct(rtt, 0.99),
                 "daemon_rss_mb": rss_kb / 1024.0,
                 "daemon_state": status["state"],
+                "daemon_cpu_idle_pct": cpu_idle,
+                "daemon_cpu_treating_pct": cpu_treating,
             }
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 # --------------------------------------------------------------------------- floods (issue 6)
@@ -778,42 +813,16 @@ def flood_figures(seconds: float = FLOOD_S) -> dict:
     """A real daemon process with 1000 treatments on record runs ``FLOOD_PROGRAM``; the worst
     lease round trip of the kiosk-like client over every flood, and whether the treatment
     survived them all."""
-    import os
-    import subprocess
     import tempfile
     from pathlib import Path
 
-    from hw.client import Client
-
     with tempfile.TemporaryDirectory() as tmp:
-        sock = Path(tmp) / "hw.sock"
         seed_history(Path(tmp) / "history.db")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("NOTIFY_SOCKET", None)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hw", "--sim", "--socket", str(sock), "--state-dir", tmp],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-        try:
-            _wait_socket(sock)
-            c = Client(str(sock), "kiosk", status=False)
-            for _ in range(100):
-                if c.request("status")["state"] == "ready":
-                    break
-                time.sleep(0.05)
+        with spawned_daemon(tmp, "kiosk") as (_proc, sock, c):
             _run_treatment(c, FLOOD_PROGRAM)
             per = run_floods(sock, c, kinds=tuple(FLOODS), seconds=seconds)
             if c.request("status")["state"] == "running":
                 c.request("stop")
-            c.close()
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
     worst = {k: max(v["rtt_ms"], default=float("inf")) for k, v in per.items()}
     survived = {
         k: v["held"]
