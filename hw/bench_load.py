@@ -165,56 +165,65 @@ def loop_window(before: dict | None, after: dict | None) -> dict:
 
 
 def _kiosk_run(kiosk, seconds: float) -> dict:
-    """Renew every 100 ms for ``seconds``; read status every second; count and recover trips."""
+    """Renew every 100 ms for ``seconds``; read status every second; count and recover trips.
+    A renewal without a reply counts with the time it waited (the client's 5 s timeout)."""
     from hw.bench import _ensure_running
 
-    rtt, not_held, errors, trips = [], 0, [], []
-    polls = running = 0
-    charge_uc, last_charge, last_fault, recover = 0.0, None, None, True
+    rtt, errors, trips = [], [], []
+    acc = {"not_held": 0, "polls": 0, "running": 0, "charge_uc": 0.0}
+    last = {"charge": None, "fault": None}
     t_start = time.monotonic()
+
+    def read_status(recover: bool) -> dict | None:
+        try:
+            st = kiosk.request("status")
+        except Exception as e:  # noqa: BLE001 - the daemon is gone or wedged: a finding
+            errors.append(f"status: {e!r}"[:200])
+            return None
+        acc["polls"] += 1
+        acc["running"] += st["state"] == "running"
+        ch = st.get("charge_uc") or 0.0
+        if last["charge"] is not None and ch > last["charge"]:
+            acc["charge_uc"] += ch - last["charge"]
+        last["charge"] = ch
+        fault = st.get("fault")
+        if fault and fault != last["fault"]:
+            trips.append({"t_s": round(time.monotonic() - t_start, 1), **fault})
+            last["fault"] = fault
+        if fault and recover:  # acknowledge, self-test, start again (tried at every read)
+            try:
+                _ensure_running(kiosk)
+                last["fault"] = last["charge"] = None
+            except Exception as e:  # noqa: BLE001 - reported; the next read tries again
+                if len(errors) < 20:
+                    errors.append(f"restart after {fault.get('code')}: {e!r}"[:200])
+        return st
+
     end, next_t, i = t_start + seconds, t_start, 0
     while time.monotonic() < end:
         t0 = time.perf_counter()
         try:
             r = kiosk.request("lease")
-            rtt.append((time.perf_counter() - t0) * 1000.0)
-            not_held += r.get("held") is not True
+            acc["not_held"] += r.get("held") is not True
         except Exception as e:  # noqa: BLE001 - reported
             errors.append(f"lease: {e!r}"[:200])
+        rtt.append((time.perf_counter() - t0) * 1000.0)
         i += 1
-        if i % STATUS_EVERY == 0:
-            try:
-                st = kiosk.request("status")
-            except Exception as e:  # noqa: BLE001 - the daemon is gone or wedged: a finding
-                errors.append(f"status: {e!r}"[:200])
-                break
-            polls += 1
-            running += st["state"] == "running"
-            ch = st.get("charge_uc") or 0.0
-            if last_charge is not None and ch > last_charge:
-                charge_uc += ch - last_charge
-            last_charge = ch
-            fault = st.get("fault")
-            if fault and fault != last_fault:
-                trips.append({"t_s": round(time.monotonic() - t_start, 1), **fault})
-                last_fault = fault
-                if recover:  # acknowledge, self-test, start again (unrenewed meanwhile)
-                    try:
-                        _ensure_running(kiosk)
-                        last_fault, last_charge = None, None
-                    except Exception as e:  # noqa: BLE001 - reported; no more restarts
-                        errors.append(f"restart after {fault.get('code')}: {e!r}"[:200])
-                        recover = False
+        if i % STATUS_EVERY == 0 and read_status(recover=True) is None:
+            break
         next_t = max(next_t + LEASE_EVERY_S, time.monotonic())
         time.sleep(max(0.0, next_t - time.monotonic()))
+    seconds_run = time.monotonic() - t_start
+    final = read_status(recover=False)  # a trip since the last read counts too
     return {
         "rtt_ms": rtt,
-        "not_held": not_held,
+        "not_held": acc["not_held"],
         "errors": errors,
         "trips": trips,
-        "running_pct": 100.0 * running / polls if polls else 0.0,
-        "charge_uc": charge_uc,
-        "seconds": time.monotonic() - t_start,
+        "running_pct": 100.0 * acc["running"] / acc["polls"] if acc["polls"] else 0.0,
+        "charge_uc": acc["charge_uc"],
+        "seconds": seconds_run,
+        "final": final or {"state": "unknown"},
     }
 
 
@@ -249,9 +258,9 @@ def load_figures(seconds: float = LOAD_S, hogs: int = HOGS) -> dict:
             results[name] = (p, stop, rx)
         kiosk_out = _kiosk_run(kiosk, seconds)
         seen.update(tree(proc.pid))
-        after = _loop(kiosk.request("status"))
+        after = _loop(kiosk_out["final"])
         cpu_pct = 100.0 * (tree_cpu_s(proc.pid) - cpu0) / (time.monotonic() - t0)
-        final = kiosk.request("status")
+        final = kiosk_out["final"]
         clients = {}
         for name, (p, stop, rx) in results.items():
             _end_mp(p, stop)
@@ -266,8 +275,8 @@ def load_figures(seconds: float = LOAD_S, hogs: int = HOGS) -> dict:
         "load_trip_codes": [t.get("code") for t in kiosk_out["trips"]],
         "load_trip_detail": kiosk_out["trips"],
         "lease_rtt_ms_max": max(rtt, default=None),
-        "lease_rtt_ms_p50": _pct(rtt, 0.5),
-        "lease_rtt_ms_p99": _pct(rtt, 0.99),
+        "lease_rtt_ms_p50": _pct(rtt, 0.5) if rtt else None,
+        "lease_rtt_ms_p99": _pct(rtt, 0.99) if rtt else None,
         "lease_renewals": len(rtt),
         "lease_not_held": kiosk_out["not_held"],
         "loop_gap_ms_max": win["gap_ms_max"],
@@ -318,7 +327,7 @@ def run(quick: bool = False, seconds: float | None = None) -> int:
         ("trips during the run", f"{r['load_trips']} ({codes})", "= 0"),
         (
             "lease round trip p50 / p99 / max",
-            f"{r['lease_rtt_ms_p50']:.1f} / {r['lease_rtt_ms_p99']:.1f} / "
+            f"{_fmt(r['lease_rtt_ms_p50'])} / {_fmt(r['lease_rtt_ms_p99'])} / "
             f"{_fmt(r['lease_rtt_ms_max'])} ms ({r['lease_renewals']} renewals, "
             f"{r['lease_not_held']} not held)",
             "max <= 100",
