@@ -22,6 +22,7 @@ process and every descendant, see hw.proctree). Prints a table, then one JSON li
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import signal
@@ -315,7 +316,8 @@ def run(quick: bool = False, seconds: float | None = None) -> int:
         r = load_figures(seconds, 1 if quick else HOGS)
     finally:
         signal.signal(signal.SIGTERM, old)
-    codes = ", ".join(c or "?" for c in r["load_trip_codes"]) or "none"
+    counts = collections.Counter(c or "?" for c in r["load_trip_codes"])
+    codes = ", ".join(f"{c} x{n}" if n > 1 else c for c, n in counts.items()) or "none"
     hist = r["history_client"]
     rows = [
         (
@@ -368,8 +370,8 @@ def run(quick: bool = False, seconds: float | None = None) -> int:
             "",
         ),
     ]
-    for e in r["errors"]:
-        rows.append(("  error", e, ""))
+    for e, n in collections.Counter(e[:100] for e in r["errors"]).items():
+        rows.append((f"  error x{n}", e, ""))
     width = max(len(a) for a, _, _ in rows)
     print(f"{'measure':<{width}}  {'value':<60}  bound")
     print("-" * (width + 75))
