@@ -36,9 +36,9 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
 from enum import StrEnum
+from typing import NamedTuple
 
 from hw.board import Board
 from hw.bus import SpiFault
@@ -82,15 +82,18 @@ ACTIVE = frozenset(
 DRIVING = frozenset(
     {OutputState.RAMP_UP, OutputState.ON, OutputState.RAMP_DOWN, OutputState.BALANCE}
 )
+IDLE = frozenset({OutputState.OFF, OutputState.TRIPPED})  # a runner may tick slower (can_idle)
 
 
 class CommandRefused(Exception):
     """A command that cannot be carried out now; the message says why. Nothing was changed."""
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """What the loop is doing, published a few hundred times a second for status and dose."""
+class Snapshot(NamedTuple):
+    """What the loop is doing, published a few hundred times a second for status and dose.
+
+    A NamedTuple, not a frozen dataclass: it is built on the real-time thread every 5 ms, and a
+    tuple costs well under a microsecond where a frozen dataclass's setattr-per-field costs ~5."""
 
     t_s: float
     state: OutputState
@@ -112,10 +115,11 @@ class Snapshot:
     ticks: int
     overruns: int
     gap_max_ms: float  # worst time between two tick starts since the loop began
-    # The runner's histograms (hw.tickhist counts, since it started): tick-start lateness and gap
-    # between tick starts. Empty when no LoopRunner drives the loop (simulated time).
-    late_hist: tuple[int, ...] = ()
-    gap_hist: tuple[int, ...] = ()
+    # The runner's histograms (hw.tickhist counts since it started) of tick-start lateness and of
+    # the gap between tick starts: its live arrays, not copies (a copy would cost ~5 us a publish;
+    # counts only grow, so whoever copies them gets a valid reading). Empty without a runner.
+    late_hist: Sequence[int] = ()
+    gap_hist: Sequence[int] = ()
 
 
 def _ticks(ms: float, tick_s: float) -> int:
@@ -156,12 +160,20 @@ class ControlLoop:
         self._n_follow = _ticks(lim.follow_debounce_ms, ts)
         self._n_lift = _ticks(lim.lift_debounce_ms, ts)
         self._z_min, self._z_max = lim.min_impedance_ohm, lim.max_impedance_ohm
+        # Contact quality's log scale (see _publish), precomputed off the real-time path.
+        q_lo = math.log(min(20000.0, self._z_max / 2))
+        self._q_log_hi = math.log(self._z_max)
+        self._q_log_scale = 1.0 / (self._q_log_hi - q_lo)
+        self._fault_seen = self._alarm_seen = None
+        self._fault_dict = self._alarm_dict = None
         self._n_z = _ticks(lim.impedance_debounce_ms, ts)
         self._n_zlo = max(2, self._n_z // 4)  # on the smoothed value, which already averages
         self._q_max = lim.max_net_charge_uc
         self._zero_tol = cfg.hardware.post.zero_tolerance_ua
-        self._n_resid = _ticks(RESIDUAL_MS, ts)
-        self._n_reshut = _ticks(RESHUTDOWN_MS, ts)
+        # Judged in time, not in samples: while the output is off the loop may tick slower.
+        self._resid_hold_s = (_ticks(RESIDUAL_MS, ts) - 1) * ts - 1e-9
+        self._reshut_s = RESHUTDOWN_MS / 1000.0
+        self._reshut_at_s = -math.inf
         self._z_settle_s = 2 * ts - 1e-9  # as long as two ticks take at the loop's rate
         self._lifted_max_s = lim.lifted_max_s
         rail_tol = fe.rail_nominal_v * fe.rail_tolerance_pct / 100.0
@@ -187,6 +199,7 @@ class ControlLoop:
         # State
         self.state = OutputState.OFF
         self._cmds: collections.deque[Callable[[], None]] = collections.deque()
+        self.on_command: Callable[[], None] | None = None  # set by the runner (LoopRunner)
         self.events: collections.deque[tuple[float, str, dict]] = collections.deque(maxlen=1000)
         self._event_listeners: list[Callable[[float, str, dict], None]] = []
         self.ticks = 0
@@ -230,7 +243,7 @@ class ControlLoop:
         self._cmd_old_abs = 0.0
         self._code0_prev = -1
         self._n = {k: 0 for k in ("oc", "follow", "lift", "zlo", "zhi", "ref", "rail", "froz")}
-        self._n_resid_count = 0
+        self._resid_since_s = None
         self._q_closed_uc = self.q_net_uc  # net charge at the end of the last whole pair
         self._bal_sign = 0.0
         self._meas_acc = 0.0
@@ -258,6 +271,9 @@ class ControlLoop:
     # ------------------------------------------------------------------ commands (any thread)
     def _queue(self, fn: Callable[[], None]) -> None:
         self._cmds.append(fn)
+        wake = self.on_command
+        if wake is not None:
+            wake()  # an idle runner ticks now rather than at its next idle deadline
 
     def start(
         self,
@@ -430,7 +446,7 @@ class ControlLoop:
         reason = self.guard.acknowledge(self._cause_present)
         if reason:
             raise CommandRefused(reason)
-        self._n_resid_count = 0
+        self._resid_since_s = None
 
         def apply() -> None:
             if not self.guard.tripped and self.state == OutputState.TRIPPED:
@@ -532,7 +548,11 @@ class ControlLoop:
         lines.output_enable.off()
         lines.dac_shutdown.off()
         self._reshutdown()
-        self._n_resid_count = 0
+        self._reshut_at_s = self.clock.now()
+        if self.state in ACTIVE or self.state == OutputState.POST:
+            # Current flowed on purpose until now: what flows from here on is residual. (From
+            # the off state it already was, and its time keeps counting.)
+            self._resid_since_s = None
         self.state = OutputState.TRIPPED
         self._post = None
         self.amplitude_ua = 0.0
@@ -552,20 +572,27 @@ class ControlLoop:
         except Exception:  # noqa: BLE001 - enable and /SHDN are already low; try again later
             self.guard.safe_state_errors += 1
 
-    def _check_residual(self, i: float, where: str) -> bool:
+    def can_idle(self) -> bool:
+        """Whether a runner may tick at its idle rate: the output off or tripped, and no
+        current flowing (a residual current is watched at the full rate)."""
+        return self.state in IDLE and self.residual_ua <= self._zero_tol
+
+    def _check_residual(self, now: float, i: float, where: str) -> bool:
         """Current with the output off: nothing may flow. Raises the alarm; True if raised."""
         ai = i if i >= 0 else -i
         self.residual_ua = ai
         if ai > self._zero_tol:
-            self._n_resid_count += 1
-            if self._n_resid_count >= self._n_resid:
+            since = self._resid_since_s
+            if since is None:
+                self._resid_since_s = since = now
+            if now - since >= self._resid_hold_s:
                 if self.guard.alarm is None:
                     self.guard.raise_alarm(
                         Fault.RESIDUAL_CURRENT, f"{i:.1f} uA with the output {where}"
                     )
                 return True
         else:
-            self._n_resid_count = 0
+            self._resid_since_s = None
         return False
 
     def _tick(self, now: float, gap: float) -> bool:
@@ -580,9 +607,10 @@ class ControlLoop:
                 code = b.adc.read(self._ch_i)
             self.last_adc_s = now
             self._check_residual(
-                (code - self._adc_zero - self.adc_offset_codes) * self._adc_ua, "tripped"
+                now, (code - self._adc_zero - self.adc_offset_codes) * self._adc_ua, "tripped"
             )
-            if self.ticks % self._n_reshut == 0:
+            if now - self._reshut_at_s >= self._reshut_s:
+                self._reshut_at_s = now
                 self._reshutdown()
             return False
         # -- inputs that matter in every state
@@ -632,6 +660,9 @@ class ControlLoop:
         i = (c0 - self._adc_zero - self.adc_offset_codes) * self._adc_ua
         v = (c1 - 2048) * self._v_per
         n = self._n
+        # Output off: nothing may flow. Judged before the checks below, so a current that trips
+        # one of them (an over-current with the output off) already counts as residual.
+        resid = not active and not lines.enable_pin.state and self._check_residual(now, i, "off")
 
         # -- checks that hold in every state
         if c0 <= 0 or c0 >= 4095:
@@ -684,10 +715,7 @@ class ControlLoop:
         self._code0_prev = c0
 
         if not active:
-            # Output off: nothing may flow.
-            if not lines.enable_pin.state and self._check_residual(i, "off"):
-                return False
-            return True
+            return not resid
 
         # -- output on: dose accounting and the checks against the previous command
         dt = self.tick_s
@@ -1027,6 +1055,8 @@ class ControlLoop:
 
     # ------------------------------------------------------------------ status
     def _publish(self, now: float) -> None:
+        # On the real-time thread every SNAPSHOT_EVERY ticks: kept to plain arithmetic and one
+        # tuple (the fault and alarm dicts are built once per fault, not per snapshot).
         if self._meas_n:
             self.measured_ua = self._meas_acc / self._meas_n
             self._meas_acc = 0.0
@@ -1035,7 +1065,9 @@ class ControlLoop:
             self.measured_ua = 0.0
         lease_left = None
         if self.lease_deadline is not None:
-            lease_left = max(0.0, (self.lease_deadline - now) * 1000.0)
+            lease_left = (self.lease_deadline - now) * 1000.0
+            if lease_left < 0.0:
+                lease_left = 0.0
         z = self.impedance_ohm
         if not self.contact:
             quality = 0.0
@@ -1043,33 +1075,37 @@ class ControlLoop:
             quality = 100.0 if self.state in DRIVING else 0.0
         else:
             # 100 % up to 20 kOhm (gelled skin), falling on a log scale to 0 % at max_impedance_ohm.
-            lo, hi = math.log(min(20000.0, self._z_max / 2)), math.log(self._z_max)
-            quality = 100.0 * min(1.0, max(0.0, (hi - math.log(max(z, 1.0))) / (hi - lo)))
-        fault = self.guard.fault
-        alarm = self.guard.alarm
+            q = (self._q_log_hi - math.log(z if z > 1.0 else 1.0)) * self._q_log_scale
+            quality = 100.0 if q >= 1.0 else 0.0 if q <= 0.0 else 100.0 * q
+        g = self.guard
+        fault, alarm = g.fault, g.alarm
+        if fault is not self._fault_seen:
+            self._fault_seen, self._fault_dict = fault, fault.as_dict() if fault else None
+        if alarm is not self._alarm_seen:
+            self._alarm_seen, self._alarm_dict = alarm, alarm.as_dict() if alarm else None
         self.snapshot = Snapshot(
-            t_s=now,
-            state=self.state,
-            target_ua=self.target_ua,
-            amplitude_ua=self.amplitude_ua,
-            measured_ua=self.measured_ua,
-            impedance_ohm=z,
-            contact_quality_pct=quality,
-            contact=self.contact,
-            charge_uc=self.q_abs_uc,
-            net_charge_uc=self.q_net_uc,
-            peak_ua=self.peak_ua,
-            active_s=self.active_s,
-            lease_left_ms=lease_left,
-            post_valid=self.guard.post_valid,
-            fault=fault.as_dict() if fault else None,
-            residual_ua=self.residual_ua,
-            alarm=alarm.as_dict() if alarm else None,
-            ticks=self.ticks,
-            overruns=self.overruns,
-            gap_max_ms=self.gap_max_s * 1e3,
-            late_hist=self.runner_hists[0].snapshot() if self.runner_hists else (),
-            gap_hist=self.runner_hists[1].snapshot() if self.runner_hists else (),
+            now,
+            self.state,
+            self.target_ua,
+            self.amplitude_ua,
+            self.measured_ua,
+            z,
+            quality,
+            self.contact,
+            self.q_abs_uc,
+            self.q_net_uc,
+            self.peak_ua,
+            self.active_s,
+            lease_left,
+            g.post_valid,
+            self._fault_dict,
+            self.residual_ua,
+            self._alarm_dict,
+            self.ticks,
+            self.overruns,
+            self.gap_max_s * 1e3,
+            self.runner_hists[0].counts if self.runner_hists else (),
+            self.runner_hists[1].counts if self.runner_hists else (),
         )
 
 
@@ -1078,9 +1114,22 @@ class ControlLoop:
 _PR_SET_TIMERSLACK = 29
 
 
-def _tune_thread(priority: int) -> str:
-    """Ask for 1 ns timer slack and SCHED_FIFO; report what the OS granted."""
+def _tune_thread(priority: int, own_cpu: bool = False) -> str:
+    """Ask for 1 ns timer slack and SCHED_FIFO (and, with ``own_cpu``, one CPU: the last one
+    allowed); report what the OS granted."""
     notes = []
+    # The loop's thread on one CPU: a thread that wakes on whichever core is free pays for cold
+    # caches on every tick. Only the loop's: the supervisor must be able to run on another CPU
+    # when the loop spins out of control at a higher priority.
+    if own_cpu and hasattr(os, "sched_setaffinity"):
+        try:
+            cpus = os.sched_getaffinity(0)
+            if len(cpus) > 1:
+                cpu = max(cpus)
+                os.sched_setaffinity(0, {cpu})
+                notes.append(f"cpu {cpu}")
+        except OSError:
+            pass
     try:
         libc = ctypes.CDLL(None, use_errno=True)
         if libc.prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0) == 0:
@@ -1096,11 +1145,26 @@ def _tune_thread(priority: int) -> str:
     return ", ".join(notes) or "best effort"
 
 
+def idle_period_s(cfg: Config) -> float:
+    """The runner's period while the output is off or tripped (s): a quarter of the loop's rate,
+    and never more than half the supervisor's stall bound or the watchdog's ADC age, so every
+    check that still runs with the output off keeps its bound (the residual-current check is
+    judged in time, not in samples)."""
+    lp = cfg.loop
+    return min(4.0 / lp.rate_hz, lp.stall_ms / 2000.0, lp.adc_stale_ms / 2000.0)
+
+
 class LoopRunner:
     """Runs a ControlLoop at its rate on its own thread, in real time.
 
     Deadlines are absolute (``next += period``): a late tick does not shift the ones after it, and
     a few missed ticks are caught up back to back, so the average rate stays exact.
+
+    While the output is off or tripped nothing needs 2 kHz: the runner ticks at
+    :func:`idle_period_s` and sleeps to each deadline without spinning (time.sleep is
+    clock_nanosleep with an absolute deadline, and releases the GIL; a spin does not). A command
+    queued meanwhile wakes it at once, and it returns to the full rate on the tick that leaves the
+    idle states.
     """
 
     MAX_CATCH_UP = 4
@@ -1129,6 +1193,9 @@ class LoopRunner:
         self._thread: threading.Thread | None = None
         self._stall_s = 0.0
         self.started = threading.Event()
+        self.idle_period_s = idle_period_s(loop.cfg)
+        self._wake = threading.Event()
+        loop.on_command = self._wake.set
 
     def start(self) -> None:
         # Everything alive now lives for the whole run: move it out of the collector's reach, so a
@@ -1147,24 +1214,33 @@ class LoopRunner:
         self._stall_s = seconds
 
     def _run(self) -> None:
-        self.sched_note = _tune_thread(self.loop.cfg.loop.realtime_priority)
+        self.sched_note = _tune_thread(self.loop.cfg.loop.realtime_priority, own_cpu=True)
         loop = self.loop
         pc = time.perf_counter
-        period, spin = self.period_s, self.spin_s
+        period, spin, idle_period = self.period_s, self.spin_s, self.idle_period_s
         late, cost = self.late_us, self.cost_us
+        wake = self._wake
         late_n, gap_n = self.late_hist.counts, self.gap_hist.counts
         nxt = pc() + period
         t_prev = nxt - period
         self.started.set()
         while not self._stop.is_set():
-            rem = nxt - pc() - spin
-            if rem > 0:
-                time.sleep(rem)
-            while pc() < nxt:
-                pass
+            idle = loop.can_idle()
+            if idle:
+                rem = nxt - pc()
+                if rem > 0 and wake.wait(rem):
+                    nxt = pc()  # a command: tick now
+                wake.clear()
+            else:
+                rem = nxt - pc() - spin
+                if rem > 0:
+                    time.sleep(rem)
+                while pc() < nxt:
+                    pass
             t0 = pc()
-            late.append((t0 - nxt) * 1e6)
-            late_n[bin_of(int((t0 - nxt) * 1e6))] += 1
+            if not idle:
+                late.append((t0 - nxt) * 1e6)
+                late_n[bin_of(int((t0 - nxt) * 1e6))] += 1
             gap_n[bin_of(int((t0 - t_prev) * 1e6))] += 1
             t_prev = t0
             if self._stall_s:
@@ -1176,8 +1252,9 @@ class LoopRunner:
             if self.after_tick is not None:
                 self.after_tick()
             t1 = pc()
-            cost.append((t1 - t0) * 1e6)
-            nxt += period
+            if not idle:
+                cost.append((t1 - t0) * 1e6)
+            nxt += idle_period if idle and loop.can_idle() else period
             if t1 > nxt:
                 loop.overruns += 1
                 if t1 - nxt > self.MAX_CATCH_UP * period:

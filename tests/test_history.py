@@ -967,7 +967,7 @@ def test_a_version_1_history_is_upgraded_without_losing_a_record(tmp_path):
     """Schema 2 adds the screenings table; a device's existing treatments stay as they were."""
     import sqlite3
 
-    from hw import history as hmod
+    from hw.history import schema as hmod
 
     db = tmp_path / "history.db"
     conn = sqlite3.connect(db)

@@ -389,8 +389,9 @@ def test_a_mutated_driver_fails_the_self_test(monkeypatch, mutation, step, fault
 @pytest.mark.parametrize("which", ["dac", "adc"])
 def test_every_sim_transfer_releases_the_gil_outside_the_board_lock(bench, monkeypatch, which):
     """py-spidev wraps its ioctl in Py_BEGIN_ALLOW_THREADS: while another thread exists, every
-    simulated transfer yields the GIL once (time.sleep(0)), and not while it holds the board's
-    lock (the threads that then run may need the board: a trip from the service thread)."""
+    simulated transfer yields the GIL once (a zero-timeout select(), a syscall that drops it), and
+    not while it holds the board's lock (the threads that then run may need the board: a trip
+    from the service thread)."""
     import hw.sim.board as simboard
 
     bus = bench.sim.dac_bus if which == "dac" else bench.sim.adc_bus
@@ -413,12 +414,13 @@ def test_every_sim_transfer_releases_the_gil_outside_the_board_lock(bench, monke
         t.join()
         return got[0]
 
-    class FakeTime:
+    class FakeSelect:
         @staticmethod
-        def sleep(seconds):
-            calls.append((seconds, lock_free_elsewhere()))
+        def select(r, w, x, timeout):
+            calls.append((timeout, lock_free_elsewhere()))
+            return [], [], []
 
-    monkeypatch.setattr(simboard, "time", FakeTime)
+    monkeypatch.setattr(simboard, "select", FakeSelect)
     parked = threading.Event()
     other = threading.Thread(target=parked.wait)  # another Python thread that could run
     other.start()

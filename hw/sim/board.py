@@ -67,6 +67,18 @@ def _yield_gil() -> None:
         select.select((), (), (), 0)
 
 
+_WORDS: dict[int, mcp4922.DacWord] = {}
+
+
+def _decode_word(b0: int, b1: int) -> mcp4922.DacWord:
+    """mcp4922.decode, remembered per 16-bit value (immutable words; at most 65536)."""
+    v = (b0 << 8) | b1
+    word = _WORDS.get(v)
+    if word is None:
+        word = _WORDS[v] = mcp4922.decode((b0, b1))
+    return word
+
+
 class SimPin(MockPin):
     """A MockPin that tells the simulated board about every change, with a bounded history."""
 
@@ -116,7 +128,7 @@ class SimDacBus(_SimBus):
             if len(data) < 2:
                 return [0] * len(data)  # /CS rose before 16 clocks: the chip ignores it
             # Clocks after the 16th are ignored (datasheet section 5.1).
-            word = mcp4922.decode(data[:2])
+            word = _decode_word(data[0], data[1])
             if p.dac_stuck:
                 return [0] * len(data)
             if word.channel == mcp4922.CHANNEL_A:
@@ -142,7 +154,7 @@ class SimAdcBus(_SimBus):
         with b.lock:
             b._check_spi()
             self.transfers += 1
-            b.plant.advance(b.clock.now())
+            b.plant.observe(b.clock.now())
             # Bit-exact: leading zeros, the start bit, SGL/DIFF and D2..D0 act as on the chip.
             return mcp3208.respond(data, self._convert)
 

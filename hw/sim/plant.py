@@ -54,6 +54,9 @@ DAMP_SKIN = Load(rs_ohm=2000.0, rp_ohm=40000.0, cp_f=20e-9)
 SWEATY_SKIN = Load(rs_ohm=300.0, rp_ohm=2500.0, cp_f=100e-9)
 
 
+OBSERVE_QUANTUM_S = 50e-6  # the plant's time resolution for readings (see Plant.observe)
+
+
 class Plant:
     """Physical state of the simulated board. Not thread-safe: the SimBoard serialises access."""
 
@@ -133,6 +136,10 @@ class Plant:
         self.q_abs_uc = 0.0
         self.on_relay_change = None  # callback(t_s, closed)
         self.on_latch_change = None  # callback(t_s, latched)
+        # The time the relay was last brought up to date (_update_relay). Every change of the
+        # coil's inputs is followed by an update (the board's pin hooks and fault injection do
+        # it), so at that same time it is current and need not be worked out again.
+        self._relay_synced_s: float | None = None
 
     # ---- commands from chips and lines -------------------------------------------------------
     @property
@@ -315,17 +322,33 @@ class Plant:
             self._t_touch_s = self._t_settled_s = self._t_part_s = math.inf
         else:
             t_part = None
+        self._relay_synced_s = t_s
         closed = self._contacts_at(t_s)
         if closed != self.relay_closed:
             self.relay_closed = closed
             if self.on_relay_change:
                 self.on_relay_change(t_part if (t_part is not None and not closed) else t_s, closed)
 
+    def observe(self, t_s: float) -> None:
+        """Bring the plant up to ``t_s`` for a reading (an ADC conversion). Readings closer than
+        OBSERVE_QUANTUM_S to the plant's last step see that step: the loop's conversions come
+        back to back, 10-30 us apart in real time, and stepping the plant for each cost more than
+        the loop's own work. Everything that changes an input (a DAC word, a line, a fault)
+        still advances it exactly (:meth:`advance`), and in simulated time, where every
+        conversion of a tick has the same time stamp, nothing changes."""
+        if t_s - self.t_s >= OBSERVE_QUANTUM_S or self._relay_synced_s != self.t_s:
+            self.advance(t_s)
+
     def advance(self, t_s: float) -> None:
         """Move the plant forward to ``t_s`` (monotonic seconds), in pieces split at every relay
         edge so that the current flows exactly while the contacts conduct."""
+        synced = self._relay_synced_s == self.t_s
+        if synced and t_s <= self.t_s:
+            return  # no time has passed since the relay was last brought up to date
         while self.t_s < t_s:
-            self._update_relay(self.t_s)  # coil and contacts at the start of the piece
+            if not synced:
+                self._update_relay(self.t_s)  # coil and contacts at the start of the piece
+            synced = False
             edge = self._next_relay_edge(self.t_s)
             self._advance_to(edge if edge < t_s else t_s)
         self._update_relay(t_s)
