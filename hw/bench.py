@@ -17,6 +17,7 @@ Prints a readable table and, as its last line, one JSON object. Every number is 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import sys
@@ -51,6 +52,7 @@ def loop_timing(cfg: Config, seconds: float) -> dict:
     loop = ControlLoop(cfg, board, clock, guard)
     runner = LoopRunner(loop, stats_size=int(seconds * cfg.loop.rate_hz) + 100)
     sup = Supervisor(loop, clock)
+    own_us = _time_loop_own_work(loop, board.sim, runner.cost_us.maxlen)
     runner.start()
     sup.start()
     try:
@@ -64,6 +66,7 @@ def loop_timing(cfg: Config, seconds: float) -> dict:
         time.sleep(0.2)
         runner.late_us.clear()
         runner.cost_us.clear()
+        own_us.clear()
         t0, n0, o0 = time.perf_counter(), loop.ticks, loop.overruns
         while time.perf_counter() - t0 < seconds:
             loop.renew_lease()
@@ -78,6 +81,8 @@ def loop_timing(cfg: Config, seconds: float) -> dict:
             "tick_hz": ticks / elapsed,
             "tick_cost_us_p50": _pct(list(runner.cost_us), 0.50),
             "tick_cost_us_p99": _pct(list(runner.cost_us), 0.99),
+            "tick_cost_loop_us_p50": _pct(list(own_us), 0.50),
+            "tick_cost_loop_us_p99": _pct(list(own_us), 0.99),
             "jitter_us_p50": _pct(list(runner.late_us), 0.50),
             "jitter_us_p99": _pct(list(runner.late_us), 0.99),
             "jitter_us_max": max(runner.late_us),
@@ -92,6 +97,23 @@ def loop_timing(cfg: Config, seconds: float) -> dict:
         runner.stop()
         sup.stop()
         board.close()
+
+
+def _time_loop_own_work(loop, sim, size: int):
+    """Wrap ``loop.tick`` to record, per tick, its wall time (us) minus the time spent inside
+    the simulated board (``sim.plant_s``): the loop's own work, as on a Pi minus the SPI."""
+    import collections
+
+    own_us: collections.deque[float] = collections.deque(maxlen=size)
+    tick, pc = loop.tick, time.perf_counter
+
+    def timed_tick() -> None:
+        p0, t0 = sim.plant_s, pc()
+        tick()
+        own_us.append((pc() - t0 - (sim.plant_s - p0)) * 1e6)
+
+    loop.tick = timed_tick
+    return own_us
 
 
 # --------------------------------------------------------------------------- trip latencies
@@ -342,18 +364,23 @@ def current_channel_stuck(cfg: Config) -> dict:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m hw.bench", description=__doc__.splitlines()[0])
     ap.add_argument("--config", help="site config merged over the defaults")
-    ap.add_argument("--seconds", type=float, default=5.0, help="real-time loop run (s)")
+    ap.add_argument("--seconds", type=float, help="real-time loop run (s; default 5, --load 120)")
     ap.add_argument("--quick", action="store_true", help="1 s real-time run (for tests)")
+    ap.add_argument("--load", action="store_true", help="the load benchmark (hw/bench_load.py)")
     args = ap.parse_args(argv)
+    if args.load:
+        from hw.bench_load import run
+
+        return run(args.quick, args.seconds)
     cfg = load_config(args.config)
     t_start = time.perf_counter()
-    timing = loop_timing(cfg, 1.0 if args.quick else args.seconds)
+    timing = loop_timing(cfg, 1.0 if args.quick else args.seconds or 5.0)
     trips, how = trip_latencies(cfg)
     reg = regulation(cfg)
     dc = dc_balance(cfg)
     lift_dc = lift_off_balance(cfg, 30.0 if args.quick else 120.0)
     stuck = current_channel_stuck(cfg)
-    proc = daemon_process_figures(300 if args.quick else 1000)
+    proc = daemon_process_figures(300 if args.quick else 1000, 1.0 if args.quick else 10.0)
     c2d = command_to_dac(cfg, 20 if args.quick else 200)
     flood = flood_figures(1.0 if args.quick else FLOOD_S)
     lease_ms = cfg.limits.lease_ms
@@ -365,6 +392,11 @@ def main(argv: list[str] | None = None) -> int:
             "tick cost p50 / p99",
             f"{timing['tick_cost_us_p50']:.1f} / {timing['tick_cost_us_p99']:.1f} us",
             "p99 <= 125",
+        ),
+        (
+            "tick cost, loop's own (plant excluded)",
+            f"{timing['tick_cost_loop_us_p50']:.1f} / {timing['tick_cost_loop_us_p99']:.1f} us",
+            "p99 <= 40",
         ),
         (
             "tick lateness p50 / p99 / max",
@@ -406,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
             "p99 <= 20",
         ),
         ("daemon RSS", f"{proc['daemon_rss_mb']:.1f} MB (state {proc['daemon_state']})", "<= 60"),
+        ("daemon CPU, output off", f"{proc['daemon_cpu_idle_pct']:.1f} % of one core", "<= 10"),
+        ("daemon CPU, treating", f"{proc['daemon_cpu_treating_pct']:.1f} % of one core", "<= 50"),
         (
             "lease round trip under floods (max)",
             f"{flood['flood_lease_rtt_ms_max']:.1f} ms"
@@ -426,6 +460,7 @@ def main(argv: list[str] | None = None) -> int:
     result = {
         "tick_hz": round(timing["tick_hz"], 1),
         "tick_cost_us_p99": round(timing["tick_cost_us_p99"], 1),
+        "tick_cost_loop_us_p99": round(timing["tick_cost_loop_us_p99"], 1),
         "jitter_us_p99": round(timing["jitter_us_p99"], 1),
         "trip_ms": {k: round(v, 3) for k, v in trips.items()},
         "lease_ms": lease_ms,
@@ -437,6 +472,8 @@ def main(argv: list[str] | None = None) -> int:
         "ipc_rtt_ms_p99": round(proc["ipc_rtt_ms_p99"], 3),
         "command_to_dac_ms_p99": round(c2d["command_to_dac_ms_p99"], 3),
         "daemon_rss_mb": round(proc["daemon_rss_mb"], 1),
+        "daemon_cpu_idle_pct": round(proc["daemon_cpu_idle_pct"], 1),
+        "daemon_cpu_treating_pct": round(proc["daemon_cpu_treating_pct"], 1),
         "flood_lease_rtt_ms_max": round(flood["flood_lease_rtt_ms_max"], 3),
         "flood_treatment_survived": all(flood["flood_survived"].values()),
     }
@@ -476,33 +513,63 @@ def _run_treatment(client, program: str = "demo", level: int = 4) -> None:
     raise RuntimeError(f"the treatment did not reach running: {status}")
 
 
-def daemon_process_figures(rtt_requests: int) -> dict:
-    """IPC round trip and memory of a real daemon process running a treatment."""
+@contextlib.contextmanager
+def spawned_daemon(state_dir, client_name: str = "bench"):
+    """A real daemon process (``python -m hw --sim``) with its socket and state in ``state_dir``.
+
+    Yields ``(process, socket path, client)``: a hw.client Client named ``client_name``, once the
+    daemon reports ``ready``. On exit (also on an exception or Ctrl-C) the daemon is terminated
+    and waited for (killed after 10 s).
+    """
     import os
     import subprocess
-    import tempfile
     from pathlib import Path
 
     from hw.client import Client
 
-    with tempfile.TemporaryDirectory() as tmp:
-        sock = Path(tmp) / "hw.sock"
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("NOTIFY_SOCKET", None)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hw", "--sim", "--socket", str(sock), "--state-dir", tmp],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
+    sock = Path(state_dir) / "hw.sock"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("NOTIFY_SOCKET", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hw", "--sim", "--socket", str(sock), "--state-dir", str(state_dir)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+    )
+    try:
+        _wait_socket(sock)
+        c = Client(str(sock), client_name, status=False)
+        for _ in range(100):
+            if c.request("status")["state"] == "ready":
+                break
+            time.sleep(0.05)
         try:
-            _wait_socket(sock)
-            c = Client(str(sock), "bench", status=False)
-            for _ in range(100):
-                if c.request("status")["state"] == "ready":
-                    break
-                time.sleep(0.05)
+            yield proc, sock, c
+        finally:
+            c.close()
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(5)
+
+
+def daemon_process_figures(rtt_requests: int, cpu_s: float = 10.0) -> dict:
+    """IPC round trip and memory of a real daemon process running a treatment, and the CPU the
+    daemon and its child processes use over ``cpu_s`` with the output off, then treating."""
+    import tempfile
+    from pathlib import Path
+
+    from hw.proctree import tree_cpu_pct
+
+    with tempfile.TemporaryDirectory() as tmp:
+        with spawned_daemon(tmp) as (proc, _sock, c):
+            cpu_idle = tree_cpu_pct(proc.pid, cpu_s)
             _run_treatment(c)
+            # The kiosk's own load while treating: a renewal every 100 ms, nothing else.
+            cpu_treating = tree_cpu_pct(proc.pid, cpu_s, every_s=0.1, do=lambda: c.request("lease"))
             rtt = []
             next_lease = 0.0
             for _ in range(rtt_requests):
@@ -518,19 +585,14 @@ def daemon_process_figures(rtt_requests: int) -> dict:
                 if line.startswith("VmRSS:"):
                     rss_kb = int(line.split()[1])
             c.request("stop")
-            c.close()
             return {
                 "ipc_rtt_ms_p50": _pct(rtt, 0.5),
                 "ipc_rtt_ms_p99": _pct(rtt, 0.99),
                 "daemon_rss_mb": rss_kb / 1024.0,
                 "daemon_state": status["state"],
+                "daemon_cpu_idle_pct": cpu_idle,
+                "daemon_cpu_treating_pct": cpu_treating,
             }
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
 
 
 # --------------------------------------------------------------------------- floods (issue 6)
@@ -751,42 +813,16 @@ def flood_figures(seconds: float = FLOOD_S) -> dict:
     """A real daemon process with 1000 treatments on record runs ``FLOOD_PROGRAM``; the worst
     lease round trip of the kiosk-like client over every flood, and whether the treatment
     survived them all."""
-    import os
-    import subprocess
     import tempfile
     from pathlib import Path
 
-    from hw.client import Client
-
     with tempfile.TemporaryDirectory() as tmp:
-        sock = Path(tmp) / "hw.sock"
         seed_history(Path(tmp) / "history.db")
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        env.pop("NOTIFY_SOCKET", None)
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "hw", "--sim", "--socket", str(sock), "--state-dir", tmp],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            env=env,
-        )
-        try:
-            _wait_socket(sock)
-            c = Client(str(sock), "kiosk", status=False)
-            for _ in range(100):
-                if c.request("status")["state"] == "ready":
-                    break
-                time.sleep(0.05)
+        with spawned_daemon(tmp, "kiosk") as (_proc, sock, c):
             _run_treatment(c, FLOOD_PROGRAM)
             per = run_floods(sock, c, kinds=tuple(FLOODS), seconds=seconds)
             if c.request("status")["state"] == "running":
                 c.request("stop")
-            c.close()
-        finally:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
     worst = {k: max(v["rtt_ms"], default=float("inf")) for k, v in per.items()}
     survived = {
         k: v["held"]

@@ -36,7 +36,7 @@ import os
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -46,6 +46,7 @@ from hw.clock import Clock
 from hw.config import Config
 from hw.post import post_sequence
 from hw.safety import Fault, Guard
+from hw.tickhist import TickHistogram, bin_of
 from hw.waveform import Waveform, WaveformSpec
 
 
@@ -114,6 +115,11 @@ class Snapshot(NamedTuple):
     ticks: int
     overruns: int
     gap_max_ms: float  # worst time between two tick starts since the loop began
+    # The runner's histograms (hw.tickhist counts since it started) of tick-start lateness and of
+    # the gap between tick starts: its live arrays, not copies (a copy would cost ~5 us a publish;
+    # counts only grow, so whoever copies them gets a valid reading). Empty without a runner.
+    late_hist: Sequence[int] = ()
+    gap_hist: Sequence[int] = ()
 
 
 def _ticks(ms: float, tick_s: float) -> int:
@@ -210,6 +216,7 @@ class ControlLoop:
         self._dither = DITHER_CODES
         self._q_carry_uc = 0.0  # net charge left by output that ended unbalanced (a lift cut)
         self.snapshot: Snapshot | None = None
+        self.runner_hists: tuple[TickHistogram, TickHistogram] | None = None  # (late, gap)
         self.guard.listeners.append(self._on_trip)
         self._reset_treatment()
         self._publish(clock.now())
@@ -1097,6 +1104,8 @@ class ControlLoop:
             self.ticks,
             self.overruns,
             self.gap_max_s * 1e3,
+            self.runner_hists[0].counts if self.runner_hists else (),
+            self.runner_hists[1].counts if self.runner_hists else (),
         )
 
 
@@ -1176,6 +1185,9 @@ class LoopRunner:
         self.spin_s = loop.cfg.loop.spin_us * 1e-6
         self.late_us: collections.deque[float] = collections.deque(maxlen=stats_size)
         self.cost_us: collections.deque[float] = collections.deque(maxlen=stats_size)
+        # Every tick since start, in fixed histograms the loop publishes (status `loop`).
+        self.late_hist, self.gap_hist = TickHistogram(), TickHistogram()
+        loop.runner_hists = (self.late_hist, self.gap_hist)
         self.sched_note = ""
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -1208,7 +1220,9 @@ class LoopRunner:
         period, spin, idle_period = self.period_s, self.spin_s, self.idle_period_s
         late, cost = self.late_us, self.cost_us
         wake = self._wake
+        late_n, gap_n = self.late_hist.counts, self.gap_hist.counts
         nxt = pc() + period
+        t_prev = nxt - period
         self.started.set()
         while not self._stop.is_set():
             idle = loop.can_idle()
@@ -1226,6 +1240,9 @@ class LoopRunner:
             t0 = pc()
             if not idle:
                 late.append((t0 - nxt) * 1e6)
+                late_n[bin_of(int((t0 - nxt) * 1e6))] += 1
+            gap_n[bin_of(int((t0 - t_prev) * 1e6))] += 1
+            t_prev = t0
             if self._stall_s:
                 s, self._stall_s = self._stall_s, 0.0
                 time.sleep(s)

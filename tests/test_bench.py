@@ -26,7 +26,15 @@ def bench_json():
 
 def test_last_line_is_one_json_object_with_every_key(bench_json):
     result = json.loads(bench_json[-1])
-    for key in ("tick_hz", "tick_cost_us_p99", "jitter_us_p99", "lease_ms"):
+    for key in (
+        "tick_hz",
+        "tick_cost_us_p99",
+        "tick_cost_loop_us_p99",
+        "jitter_us_p99",
+        "lease_ms",
+        "daemon_cpu_idle_pct",
+        "daemon_cpu_treating_pct",
+    ):
         assert isinstance(result[key], int | float) and math.isfinite(result[key])
     assert set(result["trip_ms"]) == {
         "overcurrent",
@@ -67,3 +75,121 @@ def test_board_time_figures_meet_their_bounds(bench_json):
 def test_table_is_printed_before_the_json(bench_json):
     text = "\n".join(bench_json[:-1])
     assert "trip lift_off" in text and "regulation skin" in text and "loop rate" in text
+    assert "plant excluded" in text and "daemon CPU, output off" in text
+
+
+# ------------------------------------------------------------------------ the load bench (quick)
+LOAD_KEYS = {
+    "load_trips": int,
+    "load_trip_codes": list,
+    "lease_rtt_ms_max": float,
+    "lease_rtt_ms_p50": float,
+    "lease_rtt_ms_p99": float,
+    "lease_renewals": int,
+    "lease_not_held": int,
+    "loop_gap_ms_max": float,
+    "tick_late_us_p999": float,
+    "loop_overruns": int,
+    "daemon_cpu_load_pct": float,
+    "load_seconds": float,
+    "treatment_running_pct": float,
+    "treatment_charge_uc": float,
+    "pipelined_requests_sent": int,
+    "history_replies": int,
+    "history_errors": int,
+}
+
+
+def _run_watching_descendants(argv, interrupt_when=None):
+    """Run ``python -m hw.bench ...`` and record every process below it while it runs (pid and
+    start time); with ``interrupt_when``, send it SIGINT (Ctrl-C) once that predicate of its
+    descendants holds. Returns (returncode, stdout, every descendant seen, interrupted)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from daemon_helpers import REPO, subprocess_env
+
+    from hw import proctree
+
+    p = subprocess.Popen(
+        [sys.executable, "-m", "hw.bench", *argv],
+        cwd=REPO,
+        env=subprocess_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    seen: dict = {}
+    sent = False
+    deadline = time.monotonic() + 170
+    try:
+        while p.poll() is None and time.monotonic() < deadline:
+            now = proctree.tree(p.pid)
+            now.pop(p.pid, None)
+            seen.update(now)
+            if interrupt_when is not None and not sent and interrupt_when(now):
+                time.sleep(1.0)
+                p.send_signal(signal.SIGINT)
+                sent = True
+            time.sleep(0.1)
+        out, _ = p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+    return p.returncode, out, seen, sent
+
+
+def _still_alive(seen: dict) -> list[int]:
+    from hw import proctree
+
+    alive = []
+    for pid, (_cpu, start) in seen.items():
+        st = proctree._stat(pid)
+        if st is not None and st[2] == start:
+            alive.append(pid)
+    return alive
+
+
+def test_the_quick_load_bench_runs_a_treatment_under_load_and_reports_every_key():
+    rc, out, seen, _ = _run_watching_descendants(["--load", "--quick"])
+    assert rc == 0, out
+    lines = out.strip().splitlines()
+    result = json.loads(lines[-1])
+    for key, kind in LOAD_KEYS.items():
+        assert key in result, key
+        value = result[key]
+        if kind is float:
+            assert isinstance(value, int | float) and math.isfinite(value), key
+        else:
+            assert isinstance(value, kind), key
+    # Figures, not bounds (a busy machine may trip): the load and the treatment really ran.
+    assert result["load_seconds"] >= 5.0
+    assert result["lease_renewals"] > 0 and result["treatment_running_pct"] > 0
+    assert result["treatment_charge_uc"] > 0  # current flowed during the window
+    assert result["pipelined_requests_sent"] > 0 and result["history_replies"] > 0
+    assert len(result["load_trip_codes"]) == result["load_trips"]
+    assert "trips during the run" in out and "lease round trip" in out  # the table came first
+    assert len(seen) >= 4  # the daemon, a CPU hog, the pipelining and the history client
+    assert _still_alive(seen) == []  # every process it started has ended
+
+
+def test_ctrl_c_during_the_load_bench_ends_every_process_it_started():
+    def hog_running(procs: dict) -> bool:
+        for pid in procs:
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    if b"while True: pass" in f.read():
+                        return True
+            except OSError:
+                pass
+        return False
+
+    rc, _out, seen, interrupted = _run_watching_descendants(
+        ["--load", "--quick", "--seconds", "60"], interrupt_when=hog_running
+    )
+    assert interrupted  # while the load ran (a CPU hog was up)
+    assert rc != 0  # interrupted, not a finished run
+    assert _still_alive(seen) == []
