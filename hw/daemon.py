@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 from hw import protocol as P
-from hw.board import Board, BoardUnavailable, build_board
+from hw.board import Board
 from hw.boardfile import board_path_for
 from hw.clock import MonotonicClock
 from hw.config import Config, ConfigError, load_config
@@ -50,7 +50,6 @@ from hw.loop import (
     LoopRunner,
     OutputState,
     Supervisor,
-    _tune_thread,
 )
 from hw.safety import Fault, Guard
 
@@ -60,6 +59,7 @@ STATUS_PERIOD_S = 0.05
 ENGINE_PERIOD_S = 0.02
 CLIENT_BUFFER_LIMIT = 256 * 1024  # above this a client is too slow: it misses status lines
 CLIENT_BUFFER_DROP = 2 * 1024 * 1024  # above this it is disconnected
+RT_LOST_EXIT_S = 1.0  # the real-time process lost: clients see the fault this long, then exit 1
 
 
 # --------------------------------------------------------------------------------- history worker
@@ -375,17 +375,27 @@ class Daemon:
         notifier,
         *,
         today=_dt.date.today,
+        rt=None,
     ):
         self.cfg = cfg
-        self.board = board
         self.clock = clock
         self.socket_path = socket_path
         self.state_dir = state_dir
         self.notifier = notifier
-        self.guard = Guard(board, clock)
-        self.loop = ControlLoop(cfg, board, clock, self.guard)
-        self.runner = LoopRunner(self.loop)
-        self.supervisor = Supervisor(self.loop, clock)
+        # Two backends behind one interface: the loop in this process (tests, the bench), or
+        # ``rt``, the hw.rtlink.LoopProxy of the real-time process (``python -m hw``).
+        self.rt = rt
+        self.exit_code = 0
+        if rt is None:
+            self.board = board
+            self.guard = Guard(board, clock)
+            self.loop = ControlLoop(cfg, board, clock, self.guard)
+            self.runner = LoopRunner(self.loop)
+            self.supervisor = Supervisor(self.loop, clock)
+        else:
+            self.board, self.guard, self.loop = rt.board, rt.guard, rt
+            self.runner = self.supervisor = None
+            rt.on_lost = self._realtime_lost
         self.worker = HistoryWorker(state_dir / "history.db")
         self.recorder = HistoryRecorder(self.worker, today)
         self.engine = Engine(cfg, self.loop, self.recorder, clock.now, today=today, emit=self._emit)
@@ -418,8 +428,9 @@ class Daemon:
             )
         interrupted = self.worker.call(lambda h: h.recover_interrupted())
         last_fault = self.worker.call(_unacknowledged_fault)
-        self.runner.start()
-        self.supervisor.start()
+        if self.rt is None:
+            self.runner.start()
+            self.supervisor.start()
         if interrupted or last_fault:
             why = (
                 f"treatment(s) {interrupted} were interrupted by a restart"
@@ -471,6 +482,29 @@ class Daemon:
         tr = self.engine.treatment
         self.recorder.event("fault", str(Fault.INTERNAL), why, tr.treatment_id if tr else None)
 
+    def _realtime_lost(self, why: str) -> None:
+        """The real-time process died or misbehaved (hw.rtlink): the dead-man opens the relay.
+        Report it, stop the watchdog pings, and exit non-zero soon (systemd restarts the unit)."""
+        if self.rt.stopping:
+            return
+        msg = f"real-time process ended: {why}"
+        log.error("INTERNAL %s; watchdog pings stop, exiting for a restart", msg)
+        if self.service_failure is None:
+            self.service_failure = msg
+        self.exit_code = 1
+        tr = self.engine.treatment if hasattr(self, "engine") else None
+        self.recorder.event("fault", str(Fault.INTERNAL), msg, tr.treatment_id if tr else None)
+        if self._aio is not None:
+            # A moment for the clients (and the history) to see the fault, then exit.
+            self._aio.call_soon_threadsafe(self._aio.call_later, RT_LOST_EXIT_S, self.request_stop)
+        else:
+            self.request_stop()
+
+    def watchdog_healthy(self) -> bool:
+        """Both halves: the loop (through its supervisor, in whichever process) and the service."""
+        loop_ok = self.supervisor.healthy() if self.rt is None else self.rt.healthy()
+        return loop_ok and self.services_alive()
+
     def services_alive(self) -> bool:
         """Every supervised task runs and the engine beat within its bound."""
         if self.service_failure is not None:
@@ -499,6 +533,8 @@ class Daemon:
     async def _engine_task(self) -> None:
         while True:
             await asyncio.sleep(ENGINE_PERIOD_S)
+            if self.rt is not None:
+                self.rt.check()  # drained, alive, publishing (else: lost, see _realtime_lost)
             self.engine.tick()
             if self.lease_holder is not None and self.engine.state not in _LEASED:
                 self.lease_holder = None
@@ -510,7 +546,7 @@ class Daemon:
             await asyncio.sleep(min(period, 0.5))
             # Ping only while the loop ticks, the ADC answers, the supervisor runs, the engine
             # beats and every service task is alive.
-            if self.supervisor.healthy() and self.services_alive():
+            if self.watchdog_healthy():
                 self.notifier.watchdog()
 
     # ---------------------------------------------------------------- socket: fair service
@@ -914,6 +950,10 @@ class Daemon:
         def mark() -> None:
             self.cmd_applied_s.append(time.monotonic())
 
+        if self.rt is not None:
+            # The real-time process answered after the tick that applied it (its monotonic time).
+            self.cmd_applied_s.append(self.rt.last_reply_t_s)
+            return
         self.loop._queue(mark)
 
     def _sim_command(self, a: dict) -> dict:
@@ -1008,14 +1048,9 @@ class Daemon:
         if self.socket_lock_fd is None:
             self.socket_lock_fd = acquire_socket_lock(self.socket_path)
         self._aio.set_exception_handler(self._loop_exception)
-        # The service and history threads share the GIL with the real-time loop. Left at normal
-        # priority, a busy host preempts one of them while it holds the GIL and the loop waits
-        # for it: 10-25 ms, LOOP_STALL (priority inversion; seen under load with the floods of
-        # docs/protocol.md "Fair service"). Real-time too, below the loop and its supervisor.
-        prio = self.cfg.loop.realtime_priority
-        service_prio = max(1, prio // 2) if prio > 0 else 0
-        log.info("service thread: %s", _tune_thread(service_prio))
-        self.worker.submit(lambda h: _tune_thread(service_prio))
+        if self.rt is not None:
+            self.rt.poll()
+            self._aio.add_reader(self.rt.sock.fileno(), self.rt.poll)
         path = self.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() or path.is_symlink():
@@ -1128,9 +1163,13 @@ class Daemon:
         if self.loop.state in ACTIVE:
             self.guard.trip(Fault.SHUTDOWN, "daemon stopping")
         self.engine.tick()  # records the end of a treatment cut by the shutdown
-        self.runner.stop()
-        self.supervisor.stop()
-        self.board.close()
+        if self.rt is not None:
+            code = self.rt.shutdown()
+            log.info("real-time process stopped (exit %s)", code)
+        else:
+            self.runner.stop()
+            self.supervisor.stop()
+            self.board.close()
         self.worker.stop()
         if self.socket_lock_fd is not None:  # the socket is gone: another daemon may start
             os.close(self.socket_lock_fd)
@@ -1257,27 +1296,36 @@ def main(argv: list[str] | None = None) -> int:
         log.error("SOCKET %s", e)
         return 5
     clock = MonotonicClock()
-    try:
-        board = build_board(cfg, sim=args.sim, clock=clock)
-    except BoardUnavailable as e:
-        log.error("BOARD %s", e)
-        return 3
     state_dir = Path(args.state_dir)
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        board.close()
         log.error("STATE cannot use %s: %s", state_dir, e)
         return 4
-    if args.sim and args.sim_mirror:
-        board.sim.attach_mirror(args.sim_mirror)
-    daemon = Daemon(cfg, board, clock, Path(args.socket), state_dir, notifier)
+    # The board, the loop, the guard and the supervisor live in the real-time process
+    # (hw/rt.py); it holds the socket lock too, so no second daemon starts while it lives.
+    from hw.rtlink import RealtimeUnavailable, spawn_realtime
+
+    try:
+        rt = spawn_realtime(
+            cfg,
+            site_config=args.config or os.environ.get("MCK_CONFIG"),
+            board_path=str(board_path_for(args.board, sim=args.sim)),
+            sim=args.sim,
+            sim_mirror=args.sim_mirror,
+            keep_fds=(lock_fd,),
+        )
+    except RealtimeUnavailable as e:
+        log.error("REALTIME %s", e)
+        return e.exit_code
+    log.info("REALTIME process pid=%d: %s", rt.rt_pid, rt.sched_note)
+    daemon = Daemon(cfg, None, clock, Path(args.socket), state_dir, notifier, rt=rt)
     daemon.socket_lock_fd = lock_fd
 
     def on_signal(signum, _frame) -> None:
         log.info("SIGNAL %s: output off, stopping", signal.Signals(signum).name)
         if daemon.loop.state in ACTIVE:
-            daemon.guard.trip(Fault.SHUTDOWN, f"signal {signal.Signals(signum).name}")
+            rt.trip_nowait(Fault.SHUTDOWN, f"signal {signal.Signals(signum).name}")
         daemon.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -1290,4 +1338,4 @@ def main(argv: list[str] | None = None) -> int:
         return 4
     finally:
         daemon.shutdown()
-    return 0
+    return daemon.exit_code
