@@ -34,6 +34,7 @@ import socket
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 from hw import rtchannel as C
 from hw.rtchannel import Cmd
@@ -59,6 +60,7 @@ class RtServer:
         self.board = board
         self.guard = loop.guard
         self.stop = threading.Event()  # set when the process should end
+        self.wake: Callable[[], None] = lambda: None  # wakes the main thread after stop is set
         self.exit_code = 0
         self.dropped = 0  # messages a full channel could not take
         self._events: collections.deque = collections.deque(maxlen=1000)
@@ -145,6 +147,7 @@ class RtServer:
         self.guard.trip(C.Fault.INTERNAL, why)
         self.exit_code = 1
         self.stop.set()
+        self.wake()
 
     def _on_event(self, t: float, kind: str, data: dict) -> None:
         self._events.append((t, kind, data))  # any thread: only queue
@@ -212,6 +215,7 @@ class RtServer:
                 if loop.state in ACTIVE:
                     self.guard.trip(C.Fault.SHUTDOWN, m.text or "daemon stopping")
                 self.stop.set()
+                self.wake()
         except CommandRefused as e:
             ok, text = False, str(e)
         except (ValueError, TypeError) as e:  # arguments the loop cannot take (a waveform)
@@ -295,23 +299,24 @@ def main(argv: list[str] | None = None) -> int:
     server = RtServer(sock, loop, supervisor, board)
     runner = LoopRunner(loop, before_tick=server.before_tick, after_tick=server.after_tick)
 
-    def on_signal(signum, _frame) -> None:
-        if loop.state in ACTIVE:
-            guard.trip(Fault.SHUTDOWN, f"real-time process: signal {signal.Signals(signum).name}")
-        server.stop.set()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    # The main thread waits in sigwait (no GIL, no periodic wake-up: a normal-priority thread
+    # that wakes to poll could be preempted holding the GIL and stall the loop). The signals are
+    # blocked in every thread (the mask is inherited), so only sigwait takes them; the loop's
+    # thread wakes it with SIGUSR1 when the service is lost or asked for SHUTDOWN.
+    waited = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+    signal.pthread_sigmask(signal.SIG_BLOCK, waited)
+    server.wake = lambda: os.kill(os.getpid(), signal.SIGUSR1)
     runner.start()
     supervisor.start()
     log.info("RT pid=%d loop %s", os.getpid(), runner.sched_note)
     sock.send(C.hello(os.getpid(), loop.tick_s, config_digest(cfg), runner.sched_note))
     try:
-        while not server.stop.wait(0.1):
-            if runner._thread is not None and not runner._thread.is_alive():
-                guard.trip(Fault.INTERNAL, "the loop thread ended")
-                server.exit_code = 1
-                break
+        while not server.stop.is_set():
+            signum = signal.sigwait(waited)
+            if signum != signal.SIGUSR1:
+                if loop.state in ACTIVE:
+                    guard.trip(Fault.SHUTDOWN, f"real-time process: {signal.Signals(signum).name}")
+                server.stop.set()
     finally:
         runner.stop()
         supervisor.stop()
