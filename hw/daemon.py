@@ -57,6 +57,7 @@ log = logging.getLogger("hw")
 
 STATUS_PERIOD_S = 0.05
 ENGINE_PERIOD_S = 0.02
+ENGINE_LATE_S = 0.1  # an engine tick later than this is logged (the loop's heartbeat bound: 250 ms)
 CLIENT_BUFFER_LIMIT = 256 * 1024  # above this a client is too slow: it misses status lines
 CLIENT_BUFFER_DROP = 2 * 1024 * 1024  # above this it is disconnected
 RT_LOST_EXIT_S = 1.0  # the real-time process lost: clients see the fault this long, then exit 1
@@ -531,8 +532,16 @@ class Daemon:
 
     @service_task("engine")
     async def _engine_task(self) -> None:
+        last = time.monotonic()
         while True:
             await asyncio.sleep(ENGINE_PERIOD_S)
+            now = time.monotonic()
+            if now - last > ENGINE_LATE_S:
+                # The engine's beat is what the loop's service-heartbeat check waits for.
+                self._conn_log.warning(
+                    "late", "engine tick late: %.0f ms since the last", (now - last) * 1000
+                )
+            last = now
             if self.rt is not None:
                 self.rt.check()  # drained, alive, publishing (else: lost, see _realtime_lost)
             self.engine.tick()

@@ -16,7 +16,8 @@ Who cuts when the other half goes:
 - the service hangs while output is on: the loop's own service-heartbeat check (``BEAT``
   messages, ``loop.service_heartbeat_ms``) trips INTERNAL;
 - a malformed message: trip INTERNAL naming what was wrong (the process stays, latched);
-- PR_SET_PDEATHSIG (SIGTERM) is the backstop; SIGTERM cuts and exits like ``SHUTDOWN``.
+- PR_SET_PDEATHSIG (SIGUSR2) is the backstop for the same; SIGTERM cuts and exits like
+  ``SHUTDOWN``.
 Exit codes: 0 after SHUTDOWN or SIGTERM, 1 service lost, 2 bad config, 3 no board.
 """
 
@@ -62,6 +63,7 @@ class RtServer:
         self.stop = threading.Event()  # set when the process should end
         self.wake: Callable[[], None] = lambda: None  # wakes the main thread after stop is set
         self.exit_code = 0
+        self.why = ""
         self.dropped = 0  # messages a full channel could not take
         self._events: collections.deque = collections.deque(maxlen=1000)
         self._replies: list[bytes] = []
@@ -145,6 +147,7 @@ class RtServer:
         if self.stop.is_set():
             return
         self.guard.trip(C.Fault.INTERNAL, why)
+        self.why = why  # logged by the main thread (no file I/O on the loop's thread)
         self.exit_code = 1
         self.stop.set()
         self.wake()
@@ -247,10 +250,10 @@ class RtServer:
 
 
 def _pdeathsig() -> None:
-    """Backstop: the kernel sends SIGTERM to this process when the service dies."""
+    """Backstop: the kernel sends SIGUSR2 to this process when the service dies."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGUSR2, 0, 0, 0)
     except OSError:
         pass
 
@@ -303,7 +306,7 @@ def main(argv: list[str] | None = None) -> int:
     # that wakes to poll could be preempted holding the GIL and stall the loop). The signals are
     # blocked in every thread (the mask is inherited), so only sigwait takes them; the loop's
     # thread wakes it with SIGUSR1 when the service is lost or asked for SHUTDOWN.
-    waited = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1}
+    waited = {signal.SIGTERM, signal.SIGINT, signal.SIGUSR1, signal.SIGUSR2}
     signal.pthread_sigmask(signal.SIG_BLOCK, waited)
     server.wake = lambda: os.kill(os.getpid(), signal.SIGUSR1)
     runner.start()
@@ -313,10 +316,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         while not server.stop.is_set():
             signum = signal.sigwait(waited)
-            if signum != signal.SIGUSR1:
+            if signum == signal.SIGUSR2:  # PR_SET_PDEATHSIG: the service died
+                server._service_lost("the service ended (its process died)")
+            elif signum != signal.SIGUSR1:
                 if loop.state in ACTIVE:
                     guard.trip(Fault.SHUTDOWN, f"real-time process: {signal.Signals(signum).name}")
                 server.stop.set()
+        if server.why:
+            log.error("RT INTERNAL %s: output cut, exiting", server.why)
     finally:
         runner.stop()
         supervisor.stop()
