@@ -36,7 +36,8 @@ from hw.safety import FAULT_TEXT, Fault, FaultRecord
 HELLO_TIMEOUT_S = 20.0  # a cold start of the interpreter, the config and the board
 REPLY_TIMEOUT_S = 0.5  # a real-time process that does not answer in this is lost
 RT_SILENT_S = 1.0  # ...and one that publishes no state for this long
-STOP_TIMEOUT_S = 3.0  # SHUTDOWN until the process has exited (then SIGKILL)
+STOP_TIMEOUT_S = 3.0
+CHANNEL_BUFFER_BYTES = 1 << 20  # SHUTDOWN until the process has exited (then SIGKILL)
 
 
 class RealtimeUnavailable(RuntimeError):
@@ -126,8 +127,19 @@ class BoardProxy:
 class LoopProxy:
     """The ControlLoop (and its runner, supervisor, guard, board) of the real-time process."""
 
-    def __init__(self, cfg, sock: socket.socket, proc: subprocess.Popen | None, *, sim: bool):
+    def __init__(
+        self,
+        cfg,
+        sock: socket.socket,
+        proc: subprocess.Popen | None,
+        *,
+        sim: bool,
+        wait: Callable[[float], None] | None = None,
+    ):
+        """``wait(timeout_s)`` waits for the channel to be readable (default: select); a test
+        passes one that runs a simulated real-time side instead."""
         self.cfg = cfg
+        self._wait = wait or (lambda t: select.select([sock], [], [], t))
         self.sock = sock
         self.proc = proc
         self.guard = GuardProxy(self)
@@ -182,7 +194,7 @@ class LoopProxy:
             if left <= 0:
                 self._lose(f"no answer to {cmd.name} within {REPLY_TIMEOUT_S * 1000:.0f} ms")
                 break
-            select.select([self.sock], [], [], left)
+            self._wait(left)
             self.poll()
         if self.lost:
             raise CommandRefused(f"the real-time process is gone ({self.lost})")
@@ -459,6 +471,10 @@ def spawn_realtime(
     from hw.rt import config_digest
 
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    for s, opt in ((theirs, socket.SO_SNDBUF), (mine, socket.SO_RCVBUF)):
+        # Room for about a second of states and events while the service is busy (the kernel
+        # caps it at net.core.[rw]mem_max); what does not fit is dropped and counted there.
+        s.setsockopt(socket.SOL_SOCKET, opt, CHANNEL_BUFFER_BYTES)
     argv = [sys.executable, "-m", "hw.rt", "--channel-fd", str(theirs.fileno())]
     argv += ["--parent-pid", str(os.getpid())]
     if site_config:
