@@ -1335,6 +1335,9 @@ def main(argv: list[str] | None = None) -> int:
         log.info("SIGNAL %s: output off, stopping", signal.Signals(signum).name)
         if daemon.loop.state in ACTIVE:
             rt.trip_nowait(Fault.SHUTDOWN, f"signal {signal.Signals(signum).name}")
+        # From now on the real-time process ending is expected (a terminal's or a cgroup's
+        # signal may reach it too), not a loss that exits 1.
+        rt.stopping = True
         daemon.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)

@@ -82,8 +82,8 @@ class RtServer:
                 buf = self.sock.recv(C.MAX_SIZE + 1, socket.MSG_DONTWAIT)
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as e:
-                return self._service_lost(f"the channel failed ({e})")
+            except OSError as e:  # ECONNRESET: it died with our messages unread
+                return self._service_lost(f"the service ended (channel: {e.strerror or e})")
             if not buf:
                 return self._service_lost("the service ended (channel closed)")
             try:
@@ -140,8 +140,8 @@ class RtServer:
             self.sock.send(msg, socket.MSG_DONTWAIT)
         except (BlockingIOError, InterruptedError):
             self.dropped += 1  # the service does not read: its heartbeat will run out
-        except OSError:
-            self._service_lost("the channel failed on send")
+        except OSError as e:
+            self._service_lost(f"the service ended (channel: {e.strerror or e})")
 
     def _service_lost(self, why: str) -> None:
         if self.stop.is_set():
