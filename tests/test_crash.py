@@ -205,8 +205,10 @@ def _kill_daemon_mid_treatment(daemons) -> dict:
     # and exited. The relay opened by the enable line, or by the dead-man if that came first.
     assert m["enable"] is False, m
     assert m["last_kick_s"] <= m["written_s"], m
+    # The real-time process is alive and in control until it sees EOF (when the kernel has closed
+    # the dead service's files); it must cut within the engine heartbeat's bound.
     relay_open_ms = (min(m["written_s"], m["relay_open_by_s"]) - t_before) * 1000.0
-    assert relay_open_ms <= 50.0, relay_open_ms
+    assert relay_open_ms <= CFG.loop.service_heartbeat_ms, relay_open_ms
     # (EOF on the channel, or the PR_SET_PDEATHSIG backstop, whichever it saw first)
     assert "RT INTERNAL the service ended" in d.log()
 
