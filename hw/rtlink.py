@@ -31,13 +31,14 @@ from collections.abc import Callable
 from hw import rtchannel as C
 from hw.loop import CommandRefused, OutputState, Snapshot
 from hw.rtchannel import Cmd
+from hw.rtstandins import BoardProxy, GuardProxy
 from hw.safety import FAULT_TEXT, Fault, FaultRecord
 
 HELLO_TIMEOUT_S = 20.0  # a cold start of the interpreter, the config and the board
 REPLY_TIMEOUT_S = 0.5  # a real-time process that does not answer in this is lost
 RT_SILENT_S = 1.0  # ...and one that publishes no state for this long
-STOP_TIMEOUT_S = 3.0
-CHANNEL_BUFFER_BYTES = 1 << 20  # SHUTDOWN until the process has exited (then SIGKILL)
+STOP_TIMEOUT_S = 3.0  # SHUTDOWN until the process has exited (then SIGKILL)
+CHANNEL_BUFFER_BYTES = 1 << 20
 
 
 class RealtimeUnavailable(RuntimeError):
@@ -46,82 +47,6 @@ class RealtimeUnavailable(RuntimeError):
     def __init__(self, message: str, exit_code: int):
         super().__init__(message)
         self.exit_code = exit_code
-
-
-class GuardProxy:
-    """The real-time process's Guard as the service sees it (trip() asks for a trip there)."""
-
-    def __init__(self, link: LoopProxy):
-        self._link = link
-        self.fault: FaultRecord | None = None
-        self.alarm: FaultRecord | None = None
-        self.post_valid = False
-        self._tripped = False
-
-    @property
-    def tripped(self) -> bool:
-        return self._tripped or self.fault is not None
-
-    def trip(self, code: Fault, detail: str = "") -> FaultRecord | None:
-        try:
-            self._link._call(Cmd.TRIP, C.FAULTS.index(code), text=detail)
-        except CommandRefused:
-            pass  # lost: the fault is latched here already, and the dead-man opens the relay
-        return self.fault
-
-    def _local(self, code: Fault, detail: str) -> None:
-        if self.fault is None:
-            self.fault = FaultRecord(code, *FAULT_TEXT[code], detail, time.monotonic())
-        self._tripped = True
-        self.post_valid = False
-
-
-class _Buzzer:
-    def __init__(self, link: LoopProxy):
-        self._link = link
-
-    def on(self) -> None:
-        self._link._send(Cmd.BUZZER, 1.0)
-
-    def off(self) -> None:
-        self._link._send(Cmd.BUZZER, 0.0)
-
-
-class _Lines:
-    def __init__(self, link: LoopProxy):
-        self.buzzer = _Buzzer(link)
-
-
-class SimProxy:
-    """The simulated board's fault injection and skin (the ``sim`` command), in the RT process."""
-
-    def __init__(self, link: LoopProxy):
-        self._link = link
-        self.active_faults: frozenset[str] = frozenset()
-
-    def _do(self, cmd: Cmd, name: str) -> None:
-        text = self._link._call(cmd, text=name)
-        self.active_faults = frozenset(n for n in text.split(",") if n)
-
-    def inject(self, fault: str) -> None:
-        self._do(Cmd.SIM_INJECT, fault)
-
-    def clear(self, fault: str) -> None:
-        self._do(Cmd.SIM_CLEAR, fault)
-
-    def set_skin(self, skin: str) -> None:
-        self._do(Cmd.SIM_SKIN, skin)
-
-
-class BoardProxy:
-    """What the service used of the board: the buzzer, the sim panel, close()."""
-
-    def __init__(self, link: LoopProxy, sim: bool):
-        self.lines = _Lines(link)
-        self.sim = SimProxy(link) if sim else None
-
-    def close(self) -> None:
-        """The real-time process closes its board itself (output enable low first)."""
 
 
 class LoopProxy:
@@ -450,8 +375,9 @@ class LoopProxy:
             select.select([self.sock], [], [], min(left, 0.1))
             self.poll()
         if self._digest != digest:
-            self.proc.kill()
-            self.proc.wait(2.0)
+            if self.proc is not None:
+                self.proc.kill()
+                self.proc.wait(2.0)
             raise RealtimeUnavailable(
                 "the real-time process loaded a different configuration; not starting", 2
             )

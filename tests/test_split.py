@@ -214,6 +214,22 @@ def test_a_malformed_message_from_the_real_time_side_is_the_process_lost(split):
         split.proxy.stop()
 
 
+def test_a_real_time_process_with_another_config_is_refused(split):
+    from hw.rt import config_digest
+    from hw.rtlink import RealtimeUnavailable
+
+    split.rt_sock.send(C.hello(4242, 0.0005, config_digest(split.rig.cfg), "SCHED_FIFO 20"))
+    split.proxy.wait_hello(config_digest(split.rig.cfg), timeout_s=1.0)
+    assert split.proxy.rt_pid == 4242 and split.proxy.sched_note == "SCHED_FIFO 20"
+    other = load_config(env={}).model_copy(update={"ui": None})
+    assert config_digest(other) != config_digest(split.rig.cfg)
+    split.proxy.rt_pid = None
+    split.rt_sock.send(C.hello(4242, 0.0005, config_digest(other), ""))
+    with pytest.raises(RealtimeUnavailable, match="different configuration") as e:
+        split.proxy.wait_hello(config_digest(split.rig.cfg), timeout_s=1.0)
+    assert e.value.exit_code == 2
+
+
 def test_the_sim_panel_goes_through_the_channel(split):
     split.tick()
     split.proxy.board.sim.inject("charger")
