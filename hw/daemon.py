@@ -1,18 +1,19 @@
 """The hardware daemon: ``python -m hw [--config PATH] [--sim] [--socket PATH] [--state-dir DIR]``.
 
-Threads, and what each may touch:
+Two processes (docs/architecture.md). This one, the service, is the unit's main process: the
+Unix socket, the treatment engine at 50 Hz, the status stream at 20 Hz, sd_notify (the
+``service`` asyncio thread; it never blocks: history goes through the ``history`` thread, the only
+one that opens SQLite). It starts the real-time process, ``python -m hw.rt`` (hw/rt.py: the board,
+the ControlLoop on its real-time thread, the Supervisor), and talks to it through
+hw.rtlink.LoopProxy, which the engine uses as it used the loop. ``Daemon(..., rt=None)`` runs the
+loop in this process instead (in-process tests, parts of the bench).
 
-- ``current-loop`` (real-time): the ControlLoop; the only thread that drives SPI in normal use.
-- ``loop-supervisor``: trips when the loop stalls; its health view gates the systemd watchdog.
-- ``service`` (asyncio, this module): the Unix socket, the treatment engine at 50 Hz, the status
-  stream at 20 Hz, sd_notify. It never blocks: history goes through the history worker.
-- ``history``: the only thread that opens the SQLite database.
-
-Start-up: config (a bad one exits with code 2 before any hardware is touched), board (output
-enable low at construction), history (damaged files set aside; interrupted treatments closed and
-latched as a fault to acknowledge), loop and supervisor, self-test, READY=1. Nothing resumes a
-treatment after a restart. SIGTERM/SIGINT cut the output (a trip if it was on) and exit with
-the output off.
+Start-up: config (a bad one exits with code 2 before any hardware is touched), socket lock, the
+real-time process (its board: output enable low at construction; exit 3 without one), history
+(damaged files set aside; interrupted treatments closed and latched as a fault to acknowledge),
+self-test, READY=1. Nothing resumes a treatment after a restart. SIGTERM/SIGINT cut the output (a
+trip if it was on), stop the real-time process and exit with the output off; the real-time process
+lost makes this process exit 1 (systemd restarts the unit).
 """
 
 from __future__ import annotations
