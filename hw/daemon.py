@@ -496,10 +496,10 @@ class Daemon:
         self.exit_code = 1
         tr = self.engine.treatment if hasattr(self, "engine") else None
         self.recorder.event("fault", str(Fault.INTERNAL), msg, tr.treatment_id if tr else None)
-        if self._aio is not None:
+        try:
             # A moment for the clients (and the history) to see the fault, then exit.
             self._aio.call_soon_threadsafe(self._aio.call_later, RT_LOST_EXIT_S, self.request_stop)
-        else:
+        except (AttributeError, RuntimeError):  # not serving (yet, or any more)
             self.request_stop()
 
     def watchdog_healthy(self) -> bool:

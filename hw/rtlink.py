@@ -117,7 +117,9 @@ class LoopProxy:
         while seq not in self._replies and not self.lost:
             left = deadline - time.monotonic()
             if left <= 0:
-                self._lose(f"no answer to {cmd.name} within {REPLY_TIMEOUT_S * 1000:.0f} ms")
+                self.poll()  # (this thread may have been off the CPU past the deadline)
+                if seq not in self._replies:
+                    self._lose(f"no answer to {cmd.name} within {REPLY_TIMEOUT_S * 1000:.0f} ms")
                 break
             self._wait(left)
             self.poll()
