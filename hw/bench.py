@@ -437,7 +437,22 @@ def main(argv: list[str] | None = None) -> int:
             f"{c2d['command_to_dac_ms_p50']:.3f} / {c2d['command_to_dac_ms_p99']:.3f} ms",
             "p99 <= 20",
         ),
-        ("daemon RSS", f"{proc['daemon_rss_mb']:.1f} MB (state {proc['daemon_state']})", "<= 60"),
+        (
+            "channel command round trip p50 / p99",
+            f"{c2d['channel_rtt_ms_p50']:.3f} / {c2d['channel_rtt_ms_p99']:.3f} ms",
+            "",
+        ),
+        (
+            "state age seen by the service p50 / p99",
+            f"{c2d['state_age_ms_p50']:.3f} / {c2d['state_age_ms_p99']:.3f} ms",
+            "",
+        ),
+        (
+            "daemon RSS (service + real-time)",
+            f"{proc['daemon_rss_mb']:.1f} MB ({proc['daemon_rss_service_mb']:.1f} + "
+            f"{proc['daemon_rss_rt_mb']:.1f}; state {proc['daemon_state']})",
+            "<= 60",
+        ),
         ("daemon CPU, output off", f"{proc['daemon_cpu_idle_pct']:.1f} % of one core", "<= 10"),
         ("daemon CPU, treating", f"{proc['daemon_cpu_treating_pct']:.1f} % of one core", "<= 50"),
         (
@@ -474,6 +489,11 @@ def main(argv: list[str] | None = None) -> int:
         "daemon_rss_mb": round(proc["daemon_rss_mb"], 1),
         "daemon_cpu_idle_pct": round(proc["daemon_cpu_idle_pct"], 1),
         "daemon_cpu_treating_pct": round(proc["daemon_cpu_treating_pct"], 1),
+        "daemon_rss_service_mb": round(proc["daemon_rss_service_mb"], 1),
+        "daemon_rss_rt_mb": round(proc["daemon_rss_rt_mb"], 1),
+        "channel_rtt_ms_p50": round(c2d["channel_rtt_ms_p50"], 3),
+        "channel_rtt_ms_p99": round(c2d["channel_rtt_ms_p99"], 3),
+        "state_age_ms_p99": round(c2d["state_age_ms_p99"], 3),
         "flood_lease_rtt_ms_max": round(flood["flood_lease_rtt_ms_max"], 3),
         "flood_treatment_survived": all(flood["flood_survived"].values()),
     }
@@ -511,6 +531,15 @@ def _run_treatment(client, program: str = "demo", level: int = 4) -> None:
             return
         time.sleep(0.1)
     raise RuntimeError(f"the treatment did not reach running: {status}")
+
+
+def _rss_kb(pid: int) -> int:
+    from pathlib import Path
+
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 @contextlib.contextmanager
@@ -560,8 +589,8 @@ def daemon_process_figures(rtt_requests: int, cpu_s: float = 10.0) -> dict:
     """IPC round trip and memory of a real daemon process running a treatment, and the CPU the
     daemon and its child processes use over ``cpu_s`` with the output off, then treating."""
     import tempfile
-    from pathlib import Path
 
+    from hw import proctree
     from hw.proctree import tree_cpu_pct
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -580,15 +609,16 @@ def daemon_process_figures(rtt_requests: int, cpu_s: float = 10.0) -> dict:
                 c.request("status")
                 rtt.append((time.perf_counter() - t0) * 1000.0)
             status = c.request("status")
-            rss_kb = 0
-            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    rss_kb = int(line.split()[1])
+            # Both processes of the daemon: the service and its real-time child (hw.rt).
+            rss_service_kb = _rss_kb(proc.pid)
+            rss_rt_kb = sum(_rss_kb(pid) for pid in proctree.tree(proc.pid) if pid != proc.pid)
             c.request("stop")
             return {
                 "ipc_rtt_ms_p50": _pct(rtt, 0.5),
                 "ipc_rtt_ms_p99": _pct(rtt, 0.99),
-                "daemon_rss_mb": rss_kb / 1024.0,
+                "daemon_rss_mb": (rss_service_kb + rss_rt_kb) / 1024.0,
+                "daemon_rss_service_mb": rss_service_kb / 1024.0,
+                "daemon_rss_rt_mb": rss_rt_kb / 1024.0,
                 "daemon_state": status["state"],
                 "daemon_cpu_idle_pct": cpu_idle,
                 "daemon_cpu_treating_pct": cpu_treating,
@@ -842,23 +872,27 @@ def flood_figures(seconds: float = FLOOD_S) -> dict:
 def command_to_dac(cfg: Config, changes: int) -> dict:
     """Level change sent over the socket until the loop's DAC write toward the new target.
 
-    The daemon runs in this process (its real threads and socket) so the client's send time and
-    the loop's apply time are read from one clock.
+    The daemon's service runs in this process (its real threads and socket) with its real-time
+    process beside it, as ``python -m hw`` runs them; the real-time process stamps its answer on
+    CLOCK_MONOTONIC after the tick that applied the change, the clock the client's send time is
+    read from. Also the channel's own figures: the command round trip (service -> real-time ->
+    answer) and the age of the state the service sees.
     """
     import tempfile
     import threading
     from pathlib import Path
 
-    from hw.board import build_sim_board
+    from hw.boardfile import sim_board_path
     from hw.client import Client
     from hw.clock import MonotonicClock
     from hw.daemon import Daemon
     from hw.notify import Notifier
+    from hw.rtlink import spawn_realtime
 
     with tempfile.TemporaryDirectory() as tmp:
         clock = MonotonicClock()
-        board = build_sim_board(cfg, clock)
-        d = Daemon(cfg, board, clock, Path(tmp) / "hw.sock", Path(tmp), Notifier(env={}))
+        rt = spawn_realtime(cfg, site_config=None, board_path=str(sim_board_path()), sim=True)
+        d = Daemon(cfg, None, clock, Path(tmp) / "hw.sock", Path(tmp), Notifier(env={}), rt=rt)
         d.start_hardware()
         import asyncio
 
@@ -882,9 +916,14 @@ def command_to_dac(cfg: Config, changes: int) -> dict:
                 time.sleep(0.02)
             c.request("stop")
             c.close()
+            rtt, age = list(rt.reply_rtt_ms), list(rt.state_age_ms)
             return {
                 "command_to_dac_ms_p50": _pct(lat, 0.5),
                 "command_to_dac_ms_p99": _pct(lat, 0.99),
+                "channel_rtt_ms_p50": _pct(rtt, 0.5),
+                "channel_rtt_ms_p99": _pct(rtt, 0.99),
+                "state_age_ms_p50": _pct(age, 0.5),
+                "state_age_ms_p99": _pct(age, 0.99),
             }
         finally:
             d.request_stop()

@@ -1,18 +1,19 @@
 """The hardware daemon: ``python -m hw [--config PATH] [--sim] [--socket PATH] [--state-dir DIR]``.
 
-Threads, and what each may touch:
+Two processes (docs/architecture.md). This one, the service, is the unit's main process: the
+Unix socket, the treatment engine at 50 Hz, the status stream at 20 Hz, sd_notify (the
+``service`` asyncio thread; it never blocks: history goes through the ``history`` thread, the only
+one that opens SQLite). It starts the real-time process, ``python -m hw.rt`` (hw/rt.py: the board,
+the ControlLoop on its real-time thread, the Supervisor), and talks to it through
+hw.rtlink.LoopProxy, which the engine uses as it used the loop. ``Daemon(..., rt=None)`` runs the
+loop in this process instead (in-process tests, parts of the bench).
 
-- ``current-loop`` (real-time): the ControlLoop; the only thread that drives SPI in normal use.
-- ``loop-supervisor``: trips when the loop stalls; its health view gates the systemd watchdog.
-- ``service`` (asyncio, this module): the Unix socket, the treatment engine at 50 Hz, the status
-  stream at 20 Hz, sd_notify. It never blocks: history goes through the history worker.
-- ``history``: the only thread that opens the SQLite database.
-
-Start-up: config (a bad one exits with code 2 before any hardware is touched), board (output
-enable low at construction), history (damaged files set aside; interrupted treatments closed and
-latched as a fault to acknowledge), loop and supervisor, self-test, READY=1. Nothing resumes a
-treatment after a restart. SIGTERM/SIGINT cut the output (a trip if it was on) and exit with
-the output off.
+Start-up: config (a bad one exits with code 2 before any hardware is touched), socket lock, the
+real-time process (its board: output enable low at construction; exit 3 without one), history
+(damaged files set aside; interrupted treatments closed and latched as a fault to acknowledge),
+self-test, READY=1. Nothing resumes a treatment after a restart. SIGTERM/SIGINT cut the output (a
+trip if it was on), stop the real-time process and exit with the output off; the real-time process
+lost makes this process exit 1 (systemd restarts the unit).
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ import time
 from pathlib import Path
 
 from hw import protocol as P
-from hw.board import Board, BoardUnavailable, build_board
+from hw.board import Board
 from hw.boardfile import board_path_for
 from hw.clock import MonotonicClock
 from hw.config import Config, ConfigError, load_config
@@ -51,7 +52,6 @@ from hw.loop import (
     LoopRunner,
     OutputState,
     Supervisor,
-    _tune_thread,
 )
 from hw.safety import Fault, Guard
 
@@ -59,8 +59,15 @@ log = logging.getLogger("hw")
 
 STATUS_PERIOD_S = 0.05
 ENGINE_PERIOD_S = 0.02
+ENGINE_LATE_S = 0.1  # an engine tick later than this is logged (the loop's heartbeat bound: 250 ms)
 CLIENT_BUFFER_LIMIT = 256 * 1024  # above this a client is too slow: it misses status lines
 CLIENT_BUFFER_DROP = 2 * 1024 * 1024  # above this it is disconnected
+# The service stays in the normal scheduling class (it shares no GIL with the loop any more), with
+# a heavier CFS weight: the lease and the engine heartbeat pass through it, and a busy kiosk or a
+# flood of clients at nice 0 must not hold it off the CPU for 100s of ms (seen at nice 0 on the
+# loaded 2-core development machine). Needs RLIMIT_NICE (the unit's LimitNICE=); refused: logged.
+SERVICE_NICE = -10
+RT_LOST_EXIT_S = 1.0  # the real-time process lost: clients see the fault this long, then exit 1
 
 
 # --------------------------------------------------------------------------------- history worker
@@ -376,17 +383,27 @@ class Daemon:
         notifier,
         *,
         today=_dt.date.today,
+        rt=None,
     ):
         self.cfg = cfg
-        self.board = board
         self.clock = clock
         self.socket_path = socket_path
         self.state_dir = state_dir
         self.notifier = notifier
-        self.guard = Guard(board, clock)
-        self.loop = ControlLoop(cfg, board, clock, self.guard)
-        self.runner = LoopRunner(self.loop)
-        self.supervisor = Supervisor(self.loop, clock)
+        # Two backends behind one interface: the loop in this process (tests, the bench), or
+        # ``rt``, the hw.rtlink.LoopProxy of the real-time process (``python -m hw``).
+        self.rt = rt
+        self.exit_code = 0
+        if rt is None:
+            self.board = board
+            self.guard = Guard(board, clock)
+            self.loop = ControlLoop(cfg, board, clock, self.guard)
+            self.runner = LoopRunner(self.loop)
+            self.supervisor = Supervisor(self.loop, clock)
+        else:
+            self.board, self.guard, self.loop = rt.board, rt.guard, rt
+            self.runner = self.supervisor = None
+            rt.on_lost = self._realtime_lost
         self.worker = HistoryWorker(state_dir / "history.db")
         self.recorder = HistoryRecorder(self.worker, today)
         self.engine = Engine(cfg, self.loop, self.recorder, clock.now, today=today, emit=self._emit)
@@ -419,8 +436,9 @@ class Daemon:
             )
         interrupted = self.worker.call(lambda h: h.recover_interrupted())
         last_fault = self.worker.call(_unacknowledged_fault)
-        self.runner.start()
-        self.supervisor.start()
+        if self.rt is None:
+            self.runner.start()
+            self.supervisor.start()
         if interrupted or last_fault:
             why = (
                 f"treatment(s) {interrupted} were interrupted by a restart"
@@ -473,6 +491,29 @@ class Daemon:
         tr = self.engine.treatment
         self.recorder.event("fault", str(Fault.INTERNAL), why, tr.treatment_id if tr else None)
 
+    def _realtime_lost(self, why: str) -> None:
+        """The real-time process died or misbehaved (hw.rtlink): the dead-man opens the relay.
+        Report it, stop the watchdog pings, and exit non-zero soon (systemd restarts the unit)."""
+        if self.rt.stopping:
+            return
+        msg = f"real-time process ended: {why}"
+        log.error("INTERNAL %s; watchdog pings stop, exiting for a restart", msg)
+        if self.service_failure is None:
+            self.service_failure = msg
+        self.exit_code = 1
+        tr = self.engine.treatment if hasattr(self, "engine") else None
+        self.recorder.event("fault", str(Fault.INTERNAL), msg, tr.treatment_id if tr else None)
+        try:
+            # A moment for the clients (and the history) to see the fault, then exit.
+            self._aio.call_soon_threadsafe(self._aio.call_later, RT_LOST_EXIT_S, self.request_stop)
+        except (AttributeError, RuntimeError):  # not serving (yet, or any more)
+            self.request_stop()
+
+    def watchdog_healthy(self) -> bool:
+        """Both halves: the loop (through its supervisor, in whichever process) and the service."""
+        loop_ok = self.supervisor.healthy() if self.rt is None else self.rt.healthy()
+        return loop_ok and self.services_alive()
+
     def services_alive(self) -> bool:
         """Every supervised task runs and the engine beat within its bound."""
         if self.service_failure is not None:
@@ -499,8 +540,18 @@ class Daemon:
 
     @service_task("engine")
     async def _engine_task(self) -> None:
+        last = time.monotonic()
         while True:
             await asyncio.sleep(ENGINE_PERIOD_S)
+            now = time.monotonic()
+            if now - last > ENGINE_LATE_S:
+                # The engine's beat is what the loop's service-heartbeat check waits for.
+                self._conn_log.warning(
+                    "late", "engine tick late: %.0f ms since the last", (now - last) * 1000
+                )
+            last = now
+            if self.rt is not None:
+                self.rt.check()  # drained, alive, publishing (else: lost, see _realtime_lost)
             self.engine.tick()
             if self.lease_holder is not None and self.engine.state not in _LEASED:
                 self.lease_holder = None
@@ -512,7 +563,7 @@ class Daemon:
             await asyncio.sleep(min(period, 0.5))
             # Ping only while the loop ticks, the ADC answers, the supervisor runs, the engine
             # beats and every service task is alive.
-            if self.supervisor.healthy() and self.services_alive():
+            if self.watchdog_healthy():
                 self.notifier.watchdog()
 
     # ---------------------------------------------------------------- socket: fair service
@@ -916,6 +967,10 @@ class Daemon:
         def mark() -> None:
             self.cmd_applied_s.append(time.monotonic())
 
+        if self.rt is not None:
+            # The real-time process answered after the tick that applied it (its monotonic time).
+            self.cmd_applied_s.append(self.rt.last_reply_t_s)
+            return
         self.loop._queue(mark)
 
     def _sim_command(self, a: dict) -> dict:
@@ -1010,15 +1065,14 @@ class Daemon:
         if self.socket_lock_fd is None:
             self.socket_lock_fd = acquire_socket_lock(self.socket_path)
         self._aio.set_exception_handler(self._loop_exception)
-        # The service and history threads share the GIL with the real-time loop. Left at normal
-        # priority, a busy host preempts one of them while it holds the GIL and the loop waits
-        # for it: 10-25 ms, LOOP_STALL (priority inversion; seen under load with the floods of
-        # docs/protocol.md "Fair service"). Real-time too, below the loop and its supervisor.
+        # Whether the loop got the real-time scheduling it asked for (in its own process when
+        # split): a refusal is a warning in the journal.
         prio = self.cfg.loop.realtime_priority
-        service_prio = max(1, prio // 2) if prio > 0 else 0
-        log_realtime(log, "loop thread", prio, self.runner.sched_note)
-        log_realtime(log, "service thread", service_prio, _tune_thread(service_prio))
-        self.worker.submit(lambda h: _tune_thread(service_prio))
+        note = self.rt.sched_note if self.rt is not None else self.runner.sched_note
+        log_realtime(log, "loop thread", prio, note)
+        if self.rt is not None:
+            self.rt.poll()
+            self._aio.add_reader(self.rt.sock.fileno(), self.rt.poll)
         path = self.socket_path
         path.parent.mkdir(parents=True, exist_ok=True)
         if path.exists() or path.is_symlink():
@@ -1131,9 +1185,13 @@ class Daemon:
         if self.loop.state in ACTIVE:
             self.guard.trip(Fault.SHUTDOWN, "daemon stopping")
         self.engine.tick()  # records the end of a treatment cut by the shutdown
-        self.runner.stop()
-        self.supervisor.stop()
-        self.board.close()
+        if self.rt is not None:
+            code = self.rt.shutdown()
+            log.info("real-time process stopped (exit %s)", code)
+        else:
+            self.runner.stop()
+            self.supervisor.stop()
+            self.board.close()
         self.worker.stop()
         if self.socket_lock_fd is not None:  # the socket is gone: another daemon may start
             os.close(self.socket_lock_fd)
@@ -1257,28 +1315,45 @@ def main(argv: list[str] | None = None) -> int:
     except (SocketInUse, OSError) as e:
         log.error("SOCKET %s", e)
         return 5
-    clock = MonotonicClock()
     try:
-        board = build_board(cfg, sim=args.sim, clock=clock)
-    except BoardUnavailable as e:
-        log.error("BOARD %s", e)
-        return 3
+        os.setpriority(os.PRIO_PROCESS, 0, SERVICE_NICE)
+        log.info("service: nice %d", os.getpriority(os.PRIO_PROCESS, 0))
+    except OSError as e:
+        log.warning("service: nice %d refused (%s); running at nice 0", SERVICE_NICE, e)
+    clock = MonotonicClock()
     state_dir = Path(args.state_dir)
     try:
         state_dir.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        board.close()
         log.error("STATE cannot use %s: %s", state_dir, e)
         return 4
-    if args.sim and args.sim_mirror:
-        board.sim.attach_mirror(args.sim_mirror)
-    daemon = Daemon(cfg, board, clock, Path(args.socket), state_dir, notifier)
+    # The board, the loop, the guard and the supervisor live in the real-time process
+    # (hw/rt.py); it holds the socket lock too, so no second daemon starts while it lives.
+    from hw.rtlink import RealtimeUnavailable, spawn_realtime
+
+    try:
+        rt = spawn_realtime(
+            cfg,
+            site_config=args.config or os.environ.get("MCK_CONFIG"),
+            board_path=str(board_path_for(args.board, sim=args.sim)),
+            sim=args.sim,
+            sim_mirror=args.sim_mirror,
+            keep_fds=(lock_fd,),
+        )
+    except RealtimeUnavailable as e:
+        log.error("REALTIME %s", e)
+        return e.exit_code
+    log.info("REALTIME process pid=%d: %s", rt.rt_pid, rt.sched_note)
+    daemon = Daemon(cfg, None, clock, Path(args.socket), state_dir, notifier, rt=rt)
     daemon.socket_lock_fd = lock_fd
 
     def on_signal(signum, _frame) -> None:
         log.info("SIGNAL %s: output off, stopping", signal.Signals(signum).name)
         if daemon.loop.state in ACTIVE:
-            daemon.guard.trip(Fault.SHUTDOWN, f"signal {signal.Signals(signum).name}")
+            rt.trip_nowait(Fault.SHUTDOWN, f"signal {signal.Signals(signum).name}")
+        # From now on the real-time process ending is expected (a terminal's or a cgroup's
+        # signal may reach it too), not a loss that exits 1.
+        rt.stopping = True
         daemon.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -1291,4 +1366,4 @@ def main(argv: list[str] | None = None) -> int:
         return 4
     finally:
         daemon.shutdown()
-    return 0
+    return daemon.exit_code

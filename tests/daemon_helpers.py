@@ -8,7 +8,7 @@ makes a fixture from :class:`DaemonFactory`::
         with DaemonFactory(tmp_path) as f:
             yield f
 
-or, when it runs a treatment, hands a scenario to :func:`retry_on_host_timing` (see there).
+or, when it runs a treatment, hands a scenario to :func:`run_scenario` (run once, never retried).
 
 Every daemon runs as ``sys.executable -m hw --sim`` with PYTHONPATH set to the repository root, its
 socket, state directory and board-mirror file in the test's tmp_path, and its stdout (one event a
@@ -86,6 +86,7 @@ class Daemon:
         self.log_path = root / f"{name}.log"
         self.config = config
         self.proc: subprocess.Popen | None = None
+        self.rt_pid: int | None = None  # its real-time process (hw/rt.py), once it is up
         self._clients: list[Client] = []
 
     @property
@@ -129,6 +130,7 @@ class Daemon:
                 with Client(str(self.socket), "probe", timeout_s=2.0) as c:
                     last = c.request("status")
                     if last["state"] in states:
+                        self.rt_pid = rt_pid_of(self.proc.pid)
                         return last
             except (OSError, TimeoutError, ConnectionError) as e:
                 last = e
@@ -169,15 +171,49 @@ class Daemon:
             return None
 
     def kill9(self) -> tuple[float, float]:
-        """SIGKILL; returns CLOCK_MONOTONIC just before and just after the signal was sent."""
+        """SIGKILL of the service process (the real-time process then cuts and exits); returns
+        CLOCK_MONOTONIC just before and just after the signal was sent."""
+        rt = self.rt_pid = rt_pid_of(self.proc.pid)
         t0 = time.monotonic()
         os.kill(self.proc.pid, signal.SIGKILL)
         t1 = time.monotonic()
         self.proc.wait(5)
+        # The real-time process reads EOF, cuts and exits; it holds the socket lock until then
+        # (a new daemon cannot start before), as systemd would kill it with the unit's cgroup.
+        assert pid_gone(rt, 5.0), f"the real-time process {rt} outlived its service"
         for c in self._clients:
             c.close()
         self._clients.clear()
         return t0, t1
+
+
+def rt_pid_of(service_pid: int) -> int:
+    """The real-time process of the daemon ``service_pid`` (its child running hw.rt)."""
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == service_pid and b"hw.rt" in (d / "cmdline").read_bytes():
+                return int(d.name)
+        except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+            continue
+    raise AssertionError(f"daemon {service_pid} has no real-time process")
+
+
+def pid_gone(pid: int, timeout_s: float = 5.0) -> bool:
+    """Wait until ``pid`` has exited (gone, or a zombie); whether it did within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
 
 
 class DaemonFactory:
@@ -260,19 +296,13 @@ def write_test_config(path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------ host timing
-# The daemon's 2 kHz loop is a Python thread. On a loaded host (other processes on the same cores)
-# it can be held off the CPU or the GIL for tens of milliseconds; the daemon then trips, as it
-# must: LOOP_STALL. That cause is known (the loop shares the GIL with the service: issue 7 moves it
-# to a process of its own); such a trip is not what any of these tests checks, so a scenario that
-# meets one is run again on fresh daemons, at most SCENARIO_ATTEMPTS times, with a warning that
-# names the trip. Nothing else is retried: OVERCURRENT_SETPOINT used to be (a "-35 uA for a 0 uA
-# command" seen only under load, cause never found); it now fails the test with the loop's full
-# detail (the command before, the time since it changed, the state), so it can be root-caused.
+# The 2 kHz loop runs in a process of its own (hw/rt.py) that shares its GIL with nothing else, so
+# a busy service no longer stalls it. No scenario is retried: a LOOP_STALL where a scenario expects
+# none fails the test as a HostTimingFault (naming the trip), like any other unexpected fault.
 HOST_TIMING_FAULTS = frozenset({"LOOP_STALL"})
-SCENARIO_ATTEMPTS = 3
 
 
-class HostTimingFault(Exception):
+class HostTimingFault(AssertionError):
     """The daemon tripped on a host-timing fault where the scenario expected none."""
 
 
@@ -290,26 +320,15 @@ def check_timing(status: dict) -> dict:
     return status
 
 
-def retry_on_host_timing(
-    root: Path, scenario, attempts: int = SCENARIO_ATTEMPTS, config: Path | None = None
-):
-    """Run ``scenario(factory)`` with fresh daemons under ``root``; again on HostTimingFault.
-    ``config`` is the factory's default --config."""
-    import warnings
+def run_scenario(root: Path, scenario, config: Path | None = None):
+    """Run ``scenario(factory)`` once, with fresh daemons under ``root`` (stopped at the end).
+    ``config`` is the factory's default --config. Nothing is retried."""
+    with DaemonFactory(Path(root), config=config) as factory:
+        return scenario(factory)
 
-    why = None
-    for i in range(attempts):
-        sub = Path(root) / f"attempt{i + 1}"
-        sub.mkdir(parents=True, exist_ok=True)
-        with DaemonFactory(sub, config=config) as factory:
-            try:
-                return scenario(factory)
-            except HostTimingFault as e:
-                why = str(e)
-                warnings.warn(
-                    f"attempt {i + 1}: host-timing trip ({why}); running again", stacklevel=2
-                )
-    raise AssertionError(f"{attempts} attempts all met a host-timing trip (last: {why})")
+
+# (The name the tests used while LOOP_STALL scenarios were retried; it no longer retries.)
+retry_on_host_timing = run_scenario
 
 
 def expect_ready(d: Daemon) -> dict:

@@ -117,7 +117,7 @@ def test_kill9_of_the_controlling_client_cuts_the_output(tmp_path, record_proper
     assert st["fault"]["code"] == "LEASE_EXPIRED", st
     assert st["output"] in OUTPUT_OFF, st
     assert m["enable"] is False, m
-    assert m["pid"] == d.proc.pid
+    assert m["pid"] == d.rt_pid  # the board lives in the real-time process
     cut_ms = (m["written_s"] - t_kill) * 1000.0
     record_property("kill_to_enable_low_ms", round(cut_ms, 3))
     print(f"\nkill -9 of the controller -> enable low: {cut_ms:.2f} ms")
@@ -158,12 +158,12 @@ def test_after_a_cut_mid_pulse_acknowledge_and_self_test_make_it_ready(tmp_path)
 
 
 # --------------------------------------------------------------------------- Must-show 2b
-def test_kill9_of_the_daemon_mid_treatment(tmp_path, record_property):
+def test_kill9_of_the_service_mid_treatment(tmp_path, record_property):
     cfg = write_test_config(tmp_path / "site.yaml")
     figures = retry_on_host_timing(tmp_path, _kill_daemon_mid_treatment, config=cfg)
     record_property("relay_open_after_kill_ms", round(figures["relay_open_ms"], 3))
     print(
-        f"\nkill -9 of the daemon: last dead-man edge {figures['kick_before_kill_ms']:.2f} ms "
+        f"\nkill -9 of the service: last dead-man edge {figures['kick_before_kill_ms']:.2f} ms "
         f"before the kill; relay open by kill + {figures['relay_open_ms']:.2f} ms"
     )
 
@@ -183,6 +183,8 @@ def _kill_daemon_mid_treatment(daemons) -> dict:
     st = renew_until(c, lambda s: s["state"] == "finished", 5.0)
     assert st["last_summary"]["end_reason"] == "stopped", st
     stopped_id = st["last_summary"]["treatment_id"]
+    # (The history writes the end of a record after the engine moved on: read until it has.)
+    renew_until(c, lambda s: treatments(d.db_path)[stopped_id][0] == "stopped", 5.0, renew=False)
     before = treatments(d.db_path)
     assert before[finished_id][0] == "finished" and before[stopped_id][0] == "stopped"
     assert all(rec[0] is not None for rec in before.values()), before
@@ -196,15 +198,19 @@ def _kill_daemon_mid_treatment(daemons) -> dict:
     assert open_id not in before
     assert d.mirror()["enable"] is True
 
-    t_before, t_after = d.kill9()
+    t_before, t_after = d.kill9()  # the service; kill9 waits until the real-time process ended
     m = d.mirror()
-    assert m["pid"] == d.proc.pid
-    # The dead process left the enable line as it was; the dead-man stopped with it.
-    assert m["last_kick_s"] <= t_after, (m, t_after)
-    relay_open_ms = (m["relay_open_by_s"] - t_before) * 1000.0
-    assert m["relay_open_by_s"] <= t_after + DEADMAN_S + 1e-6
-    assert relay_open_ms <= 50.0, relay_open_ms
-    time.sleep(max(0.0, m["relay_open_by_s"] - time.monotonic()))
+    assert m["pid"] == d.rt_pid
+    # The real-time process read EOF on its channel: it tripped (enable low, no kick after it)
+    # and exited. The relay opened by the enable line, or by the dead-man if that came first.
+    assert m["enable"] is False, m
+    assert m["last_kick_s"] <= m["written_s"], m
+    # The real-time process is alive and in control until it sees EOF (when the kernel has closed
+    # the dead service's files); it must cut within the engine heartbeat's bound.
+    relay_open_ms = (min(m["written_s"], m["relay_open_by_s"]) - t_before) * 1000.0
+    assert relay_open_ms <= CFG.loop.service_heartbeat_ms, relay_open_ms
+    # (EOF on the channel, or the PR_SET_PDEATHSIG backstop, whichever it saw first)
+    assert "RT INTERNAL the service ended" in d.log()
 
     # Restart on the same state dir: output off, the interruption latched until acknowledged.
     d2 = daemons.make("restarted", state_dir=d.state_dir)

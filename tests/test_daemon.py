@@ -375,7 +375,7 @@ def test_floods_from_other_local_clients_never_end_a_treatment(tmp_path, seeded_
         for kind in kinds:
             r = per[kind]
             try:
-                check_timing(r["status"])  # (a host-timing trip: run again; see daemon_helpers)
+                check_timing(r["status"])  # (a host-timing trip fails the test; see daemon_helpers)
             except HostTimingFault as e:
                 raise HostTimingFault(f"during flood {kind}: {e}") from None
             assert not r["errors"], (kind, r["errors"])
