@@ -61,7 +61,12 @@ class KioskApp(App):
             panel.bind_vm(self.vm)
             root.add_widget(panel)
         from kivy.core.window import Window
+        from kivy.metrics import sp
 
+        from kiosk import theme
+        from kiosk.widgets import Digits
+
+        Digits.prewarm((sp(theme.DIGITS_SP), sp(80)))  # the treatment screen's countdowns, level
         Window.bind(on_touch_down=lambda *_: self.vm.touched())
         Window.clearcolor = (0.07, 0.09, 0.12, 1)
         return root
