@@ -112,15 +112,17 @@ def test_start_sends_program_id_only_and_renews_lease_on_the_ui_clock(vm):
     vm.start_treatment()
     assert vm.link.args[-1] == {"program": "demo"}  # an intent: no current, no level in uA
     vm.link.answer("start", {"state": "contact_check"})
+    # The daemon armed the lease when it accepted the start: renewed at once, then every tick.
+    assert vm.link.cmds()[-1] == "lease"
     for _ in range(3):
         fn(0.1)
-    assert vm.link.cmds().count("lease") == 3
+    assert vm.link.cmds().count("lease") == 4
     vm.link.answer("lease", {"lease_ms": 300.0, "held": True})
     vm.on_link_message({"event": "status", "data": status(**RUNNING)})
     assert vm.screen == "treatment"
     vm.on_link_message({"event": "treatment_finished", "data": SUMMARY})
     fn(0.1)
-    assert vm.link.cmds().count("lease") == 3  # the lease ended with the treatment
+    assert vm.link.cmds().count("lease") == 4  # the lease ended with the treatment
 
 
 def test_start_refused_shows_why_and_holds_no_lease(vm):
@@ -135,8 +137,7 @@ def test_start_refused_shows_why_and_holds_no_lease(vm):
 def test_lease_not_held_any_more_stops_renewing(vm):
     connect(vm)
     vm.start_treatment()
-    vm.link.answer("start", {"state": "contact_check"})
-    vm.lease_tick()
+    vm.link.answer("start", {"state": "contact_check"})  # (renews at once)
     vm.link.answer("lease", {"lease_ms": 300.0, "held": False})
     vm.lease_tick()
     assert vm.link.cmds().count("lease") == 1
@@ -164,16 +165,51 @@ def test_level_buttons_send_steps(vm):
 
 
 def test_lift_off_shows_paused_timer_then_recontact(vm):
+    """The daemon's lift-off: state contact_check with the output lifted, then (re-contact) the
+    charge balance and the ramp. The treatment screen stays, with the banner; only a treatment
+    that never ramped yet shows the contact-check screen."""
     connect(vm)
+    vm.start_treatment()
+    vm.link.answer("start", {"state": "contact_check"})
+    first = {**RUNNING, "state": "contact_check", "output": "on", "level": 1}
+    vm.on_link_message({"event": "status", "data": status(**first)})
+    assert vm.screen == "contact"  # the first contact check
     vm.on_link_message({"event": "status", "data": status(**RUNNING)})
     vm.on_link_message({"event": "contact_lost", "data": {"reason": "open load"}})
-    vm.on_link_message(
-        {"event": "status", "data": status(**{**RUNNING, "output": "lifted", "contact": False})}
-    )
-    assert vm.lifted and vm.contact_band == "none"
+    lifted = {**RUNNING, "state": "contact_check", "output": "lifted", "contact": False}
+    vm.on_link_message({"event": "status", "data": status(**lifted)})
+    assert vm.lifted and vm.contact_band == "none" and vm.screen == "treatment"
     vm.on_link_message({"event": "contact_restored", "data": {"lifted_s": 1.0}})
-    vm.on_link_message({"event": "status", "data": status(**{**RUNNING, "output": "ramp_up"})})
-    assert not vm.lifted and vm.recontact
+    for output in ("balance", "ramp_up"):
+        st = {**RUNNING, "state": "contact_check" if output == "balance" else "ramp_up"}
+        vm.on_link_message({"event": "status", "data": status(**{**st, "output": output})})
+        assert not vm.lifted and vm.recontact and vm.screen == "treatment", output
+    vm.on_link_message({"event": "status", "data": status(**RUNNING)})
+    assert not vm.recontact  # the output is on again
+    vm.on_link_message({"event": "treatment_finished", "data": SUMMARY})
+    vm.on_link_message({"event": "status", "data": status(state="finished", last_summary=SUMMARY)})
+    vm.dismiss_summary()
+    vm.start_treatment()  # the next treatment's first contact check is the contact screen again
+    vm.link.answer("start", {"state": "contact_check"})
+    vm.on_link_message({"event": "status", "data": status(**first)})
+    assert vm.screen == "contact"
+
+
+def test_cue_words_shown_for_a_few_seconds(vm):
+    t = [1_800_000_000.0]
+    vm.now = lambda: t[0]
+    connect(vm)
+    vm.on_link_message({"event": "status", "data": status(**RUNNING)})
+    vm.on_link_message({"event": "cue", "data": {"kind": "relocate", "zone": "cheeks"}})
+    assert vm.cue_text == S.MOVE_ON and vm.cue_count == 1
+    t[0] += 2.0
+    vm.on_link_message({"event": "status", "data": status(**RUNNING)})
+    assert vm.cue_text == S.MOVE_ON
+    t[0] += 1.5
+    vm.on_link_message({"event": "status", "data": status(**RUNNING)})
+    assert vm.cue_text == ""
+    vm.on_link_message({"event": "cue", "data": {"kind": "next_zone", "zone": "forehead"}})
+    assert vm.cue_text == S.NEXT_ZONE.format(zone="Forehead")
 
 
 def test_pause_resume_toggles_on_state(vm):
@@ -228,10 +264,11 @@ def test_service_lost_overlay_and_latched_fault_after_restart(vm):
     connect(vm)
     vm.start_treatment()
     vm.link.answer("start", {"state": "contact_check"})
+    leases = vm.link.cmds().count("lease")
     vm.on_link_disconnected("the daemon closed the connection")
     assert vm.service_lost and not vm.holding_lease
     vm.lease_tick()
-    assert "lease" not in vm.link.cmds()
+    assert vm.link.cmds().count("lease") == leases  # nothing renewed over a lost connection
     vm.on_link_connected(HELLO)
     assert not vm.service_lost
     vm.on_link_message(
