@@ -285,6 +285,7 @@ def scenes(vm):
         base()
         vm.nav = "settings"
         vm.service_unlocked = False
+        vm.brightness_pct = 80  # as with the Pi's panel (no backlight here: the row is shown)
         msg()
 
     def settings_service():

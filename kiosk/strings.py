@@ -175,6 +175,9 @@ END_REASONS = {
 # Settings
 SETTINGS_TITLE = _("Settings")
 SOUND = _("Sound")
+SOUND_FIXED = _("Sound: set by the device")
+BRIGHTNESS = _("Brightness")
+BRIGHTNESS_FAILED = _("Could not change the brightness: {why}")
 ON = _("On")
 OFF = _("Off")
 BLANK_AFTER = _("Screen off after")

@@ -117,6 +117,10 @@ class ViewModel(EventDispatcher):
     sim_message = StringProperty("")
     # service area
     service_unlocked = BooleanProperty(False)
+    # preferences: the buzzer is the daemon's (``set_sound``), the backlight the kiosk's own
+    sound = BooleanProperty(True)
+    sound_supported = BooleanProperty(True)
+    brightness_pct = NumericProperty(-1)  # -1: no dimmable backlight (desktop, HDMI)
 
     def __init__(
         self,
@@ -125,10 +129,17 @@ class ViewModel(EventDispatcher):
         schedule_interval: Callable | None = None,
         now: Callable[[], float] = time.time,
         service_pin: str = "0000",
+        backlight=None,
         **kw,
     ):
         super().__init__(**kw)
         self.link = link
+        self.backlight = backlight  # kiosk.backlight.Backlight, or None
+        if backlight is not None:
+            try:
+                self.brightness_pct = backlight.get_pct()
+            except (OSError, ValueError):
+                self.backlight = None
         self.now = now
         self.service_pin = service_pin
         self.holding_lease = False
@@ -152,6 +163,8 @@ class ViewModel(EventDispatcher):
         self.sim = bool(hello.get("sim"))
         self.lease_ms = float(hello.get("lease_ms", 300.0))
         self.level_count = int(hello.get("level_count", 10))
+        if isinstance(hello.get("sound"), bool):
+            self.sound = hello["sound"]
         self._send("programs", callback=self._got_programs)
         self._send("screening_status", callback=self._got_screening)
         self.refresh_home()
@@ -477,6 +490,30 @@ class ViewModel(EventDispatcher):
             self.notice = S.EXPORTED.format(path=path)
 
         self._send("export_csv", {"what": "treatments"}, callback=got, timeout_s=10.0)
+
+    def set_sound(self, on: bool) -> None:
+        """The buzzer (relocate cues) on or off: the daemon drives it, so the daemon is asked
+        (``set_sound`` {"on"} -> {"sound"}). An older daemon without it: said once, no toggle."""
+
+        def got(reply) -> None:
+            if reply.ok:
+                self.sound = bool(reply.result.get("sound", on))
+            elif (reply.error or {}).get("code") == "UNKNOWN_COMMAND":
+                self.sound_supported = False
+                self.notice = S.OLD_SERVICE.format(what=S.SOUND.lower())
+            else:
+                self._refused(reply)
+
+        self._send("set_sound", {"on": bool(on)}, callback=got)
+
+    def set_brightness(self, pct: float) -> None:
+        """The panel's backlight (kiosk-local: the screen is the kiosk's, not the daemon's)."""
+        if self.backlight is None:
+            return
+        try:
+            self.brightness_pct = self.backlight.set_pct(pct)
+        except OSError as e:
+            self.notice = S.BRIGHTNESS_FAILED.format(why=e.strerror or e)
 
     def run_self_test(self) -> None:
         self._send("self_test", callback=self._refused)

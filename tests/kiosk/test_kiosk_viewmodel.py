@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from fakes import HELLO, PROGRAMS, RUNNING, SUMMARY, FakeLink, status
 
@@ -358,3 +360,38 @@ def test_lease_kept_through_self_test_and_ready_before_output(vm):
     n = vm.link.cmds().count("lease")
     vm.lease_tick()
     assert vm.link.cmds().count("lease") == n
+
+
+def test_sound_asks_the_daemon_and_an_older_daemon_hides_the_toggle(vm):
+    connect(vm)
+    vm.set_sound(False)
+    assert vm.link.args[-1] == {"on": False}
+    vm.link.answer("set_sound", {"sound": False})
+    assert vm.sound is False and vm.sound_supported
+    vm.set_sound(True)
+    vm.link.fail("set_sound", "UNKNOWN_COMMAND", "unknown command 'set_sound'")
+    assert not vm.sound_supported and "sound" in vm.notice
+    assert vm.sound is False  # unchanged: the daemon did not take it
+
+
+def test_brightness_on_a_panel_with_a_backlight(tmp_path):
+    from kiosk.backlight import MIN_PCT, Backlight
+
+    assert Backlight.find(tmp_path / "none") is None  # a desktop: no row, nothing written
+    d = tmp_path / "rpi_backlight"
+    d.mkdir()
+    (d / "max_brightness").write_text("255\n")
+    (d / "brightness").write_text("255\n")
+    vm = ViewModel(FakeLink(), schedule_interval=Ticks(), backlight=Backlight.find(tmp_path))
+    assert vm.brightness_pct == 100
+    vm.set_brightness(50)
+    assert (d / "brightness").read_text() == "128" and vm.brightness_pct == 50
+    vm.set_brightness(-20)  # never fully dark by a setting
+    assert vm.brightness_pct == MIN_PCT and (d / "brightness").read_text() == "26"
+    assert vm.link.sent == []  # the backlight is the kiosk's: no daemon command
+    (d / "brightness").chmod(0o444)
+    if os.access(d / "brightness", os.W_OK):  # root ignores the mode: make the write fail
+        (d / "brightness").unlink()
+        (d / "brightness").mkdir()
+    vm.set_brightness(70)
+    assert "brightness" in vm.notice and vm.brightness_pct == MIN_PCT
