@@ -106,12 +106,23 @@ class SimPanel(BoxLayout):
             for b in box.children:
                 on = b.fault in active
                 if b.fault in words:
-                    b.text = words[b.fault][1 if on else 0]
-                    b.fill = theme.AMBER if on else theme.PANEL
-                    b.ink = theme.ON_AMBER if on else theme.TEXT
+                    change(b, "text", words[b.fault][1 if on else 0])
+                    change(b, "fill", theme.AMBER if on else theme.PANEL)
+                    change(b, "ink", theme.ON_AMBER if on else theme.TEXT)
                 else:
-                    b.fill = theme.STOP_RED if on else theme.PANEL
+                    change(b, "fill", theme.STOP_RED if on else theme.PANEL)
         for b in self.ids.skins.children:
             on = st.get("skin") == b.skin
-            b.fill = theme.ACCENT if on else theme.PANEL
-            b.ink = theme.ON_ACCENT if on else theme.TEXT
+            change(b, "fill", theme.ACCENT if on else theme.PANEL)
+            change(b, "ink", theme.ON_ACCENT if on else theme.TEXT)
+
+
+def change(w, name: str, value) -> None:
+    """Set a property only when it really changes. A colour given as a tuple counts as a change
+    against the list Kivy stores, and a text colour that changes re-renders the label's texture:
+    recolouring every button on every answer cost 2-3 s of software-GL time per tap."""
+    old = getattr(w, name)
+    if (list(old) if isinstance(old, list | tuple) else old) != (
+        list(value) if isinstance(value, list | tuple) else value
+    ):
+        setattr(w, name, value)
