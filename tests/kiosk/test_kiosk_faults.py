@@ -42,7 +42,8 @@ from hw.client import Client  # noqa: E402
 from hw.safety import FAULT_TEXT, Fault  # noqa: E402
 from kiosk import strings as S  # noqa: E402
 
-pytestmark = pytest.mark.slow
+# One scenario run is ~60-70 s on a quiet 2-core host; up to 3 when the host starves the kiosk.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 DRIVER = Path(__file__).resolve().with_name("kiosk_driver.py")
 PROCESS_BOUND_S = 150.0  # an upper bound for one kiosk process's scenario, not a speed check
 LIFTED_MAX_S = 3  # the site file lowers limits.lifted_max_s (30 s) so a long lift is short
