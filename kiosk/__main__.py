@@ -63,10 +63,11 @@ def main(argv: list[str] | None = None) -> int:
     if fullscreen and ui.rotation:
         Window.rotation = ui.rotation
     from kiosk.app import KioskApp
+    from kiosk.backlight import Backlight
     from kiosk.link import Link
     from kiosk.viewmodel import ViewModel
 
-    vm = ViewModel(None, service_pin=args.pin)
+    vm = ViewModel(None, service_pin=args.pin, backlight=Backlight.find())
     vm.blank_after_s = ui.blank_after_s
     link = Link(
         args.socket,

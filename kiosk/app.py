@@ -34,7 +34,6 @@ def make_screens() -> list:
 
 class KioskApp(App):
     vm = ObjectProperty(None)
-    sound = BooleanProperty(True)
     socket_path = StringProperty("")
     show_sim_panel = BooleanProperty(False)
 
@@ -52,6 +51,15 @@ class KioskApp(App):
         sm.transition = NoTransition()  # a still screen costs nothing; no motion without change
         for s in make_screens():
             sm.add_widget(s)
+
+        def size_all(_sm, size) -> None:
+            # Every screen is laid out at the manager's size now, not when first shown: the
+            # first frame of a screen (labels wrapped to their new size re-render) used to fall
+            # at the start of a treatment, delaying the lease renewal.
+            for screen in sm.screens:
+                screen.size = size
+
+        sm.bind(size=size_all)
         self.vm.bind(screen=lambda _vm, name: setattr(sm, "current", name))
         sm.current = self.vm.screen
         if self.show_sim_panel:
@@ -61,7 +69,12 @@ class KioskApp(App):
             panel.bind_vm(self.vm)
             root.add_widget(panel)
         from kivy.core.window import Window
+        from kivy.metrics import sp
 
+        from kiosk import theme
+        from kiosk.widgets import Digits
+
+        Digits.prewarm((sp(theme.DIGITS_SP), sp(80)))  # the treatment screen's countdowns, level
         Window.bind(on_touch_down=lambda *_: self.vm.touched())
         Window.clearcolor = (0.07, 0.09, 0.12, 1)
         return root

@@ -45,6 +45,7 @@ class Reply:
         self.ok: bool | None = None
         self.result: Any = None
         self.error: dict | None = None
+        self.done_s: float | None = None  # time.monotonic() when the outcome was known (bench)
 
     def __repr__(self) -> str:
         return f"Reply({self.cmd}, ok={self.ok}, result={self.result!r}, error={self.error!r})"
@@ -130,6 +131,7 @@ class Link:
         if reply.done.is_set():
             return
         reply.ok, reply.result, reply.error = ok, result, error
+        reply.done_s = time.monotonic()
         reply.done.set()
         if reply.callback is not None:
             cb = reply.callback

@@ -252,8 +252,10 @@ def scenes(vm):
 
     def treatment_lifted():
         base()
+        msg(**RUN)  # the output ramped: a contact check after this is a lift-off
         vm.on_link_message({"event": "contact_lost", "data": {"reason": "open load"}})
-        msg(**{**RUN, "output": "lifted", "contact": False, "measured_ua": 2.0})
+        lifted = {"state": "contact_check", "output": "lifted", "contact": False}
+        msg(**{**RUN, **lifted, "measured_ua": 2.0})
 
     def summary():
         base()
@@ -283,6 +285,7 @@ def scenes(vm):
         base()
         vm.nav = "settings"
         vm.service_unlocked = False
+        vm.brightness_pct = 80  # as with the Pi's panel (no backlight here: the row is shown)
         msg()
 
     def settings_service():

@@ -119,7 +119,7 @@ LEVEL_OF = _("up to {n}")
 PAUSE = _("Pause")
 RESUME = _("Resume")
 STOP = _("STOP")
-PAUSED = _("Paused — the output is off")
+PAUSED = _("Paused — the output is off. Tap Resume to go on.")
 CONTACT_LOST = _("Contact lost, timer paused")
 RECONTACT = _("Contact back — the current comes back slowly")
 RAMPING_DOWN = _("Ending…")
@@ -175,6 +175,9 @@ END_REASONS = {
 # Settings
 SETTINGS_TITLE = _("Settings")
 SOUND = _("Sound")
+SOUND_FIXED = _("Sound: set by the device")
+BRIGHTNESS = _("Brightness")
+BRIGHTNESS_FAILED = _("Could not change the brightness: {why}")
 ON = _("On")
 OFF = _("Off")
 BLANK_AFTER = _("Screen off after")
@@ -188,14 +191,34 @@ RUN_SELF_TEST = _("Run self-test")
 
 # Sim panel
 SIM_TITLE = _("Simulated board")
-SIM_LIFT = _("Lift electrodes")
-SIM_PLACE = _("Place electrodes")
-SIM_ESTOP = _("Press e-stop")
-SIM_ESTOP_RELEASE = _("Release e-stop")
-SIM_CHARGER = _("Plug charger")
-SIM_CHARGER_OUT = _("Unplug charger")
+SIM_LIFT = _("Lift\nelectrodes")
+SIM_PLACE = _("Place\nelectrodes")
+SIM_ESTOP = _("Press\ne-stop")
+SIM_ESTOP_RELEASE = _("Release\ne-stop")
+SIM_CHARGER = _("Plug\ncharger")
+SIM_CHARGER_OUT = _("Unplug\ncharger")
 SIM_SKIN = _("Skin")
-SIM_FAULTS = _("Inject fault")
+SIM_FAULTS = _("Faults (red = active, tap again to clear)")
+SIM_SKINS = {"normal": _("normal"), "damp": _("damp"), "dry": _("dry"), "sweaty": _("sweaty")}
+# The board's fault names (hw.sim.board.FAULTS) as the panel shows them; an unknown name is shown
+# with its underscores as spaces.
+SIM_FAULT_NAMES = {
+    "adc_stuck": _("ADC stuck"),
+    "adc_current_stuck": _("ADC current stuck"),
+    "dac_stuck": _("DAC stuck"),
+    "spi_error": _("SPI error"),
+    "shorted_shunt": _("shorted shunt"),
+    "welded_relay": _("welded relay"),
+    "dead_comparator": _("dead comparator"),
+    "overcurrent": _("over current"),
+    "open_circuit": _("open circuit"),
+    "estop_wire_broken": _("e-stop wire broken"),
+    "charger_wire_broken": _("charger wire broken"),
+    "estop_bridged": _("e-stop bridged"),
+    "charger_bridged": _("charger bridged"),
+    "rail_low": _("rail low"),
+    "adc_reference": _("ADC reference"),
+}
 
 # Refusals and notices
 REFUSED = _("Not now: {why}")

@@ -29,6 +29,7 @@ TREATING = ("ramp_up", "running", "paused", "ramp_down")
 ACTIVE = ("contact_check", *TREATING)  # a treatment owns the screen; never blank
 IDLE_STATES = ("idle", "ready", "finished")
 ACK_HOLD_S = 1.5  # the fault acknowledge needs a deliberate press this long
+CUE_SHOW_S = 3.0  # a relocate / next-zone cue's words stay in the banner this long
 # Words for the daemon's contact quality (%): the daemon judges contact, this only words it.
 CONTACT_BANDS = ((80.0, "good"), (50.0, "fair"), (0.0, "dry"))
 
@@ -85,7 +86,10 @@ class ViewModel(EventDispatcher):
     recontact = BooleanProperty(False)
     trace = ListProperty([])  # measured current (uA), oldest first
     cue_count = NumericProperty(0)  # +1 per relocate / next-zone cue: the screen pulses the zone
-    cue_text = StringProperty("")
+    cue_text = StringProperty("")  # shown in the treatment banner for CUE_SHOW_S after a cue
+    # This treatment's output has ramped at least once: a contact_check after that is a lift-off
+    # (the treatment screen says "contact lost, timer paused"), not the first contact check.
+    ramped = BooleanProperty(False)
     post_passed = ObjectProperty(None, allownone=True)
     post_failed_step = StringProperty("")
     fault = DictProperty({})
@@ -113,6 +117,10 @@ class ViewModel(EventDispatcher):
     sim_message = StringProperty("")
     # service area
     service_unlocked = BooleanProperty(False)
+    # preferences: the buzzer is the daemon's (``set_sound``), the backlight the kiosk's own
+    sound = BooleanProperty(True)
+    sound_supported = BooleanProperty(True)
+    brightness_pct = NumericProperty(-1)  # -1: no dimmable backlight (desktop, HDMI)
 
     def __init__(
         self,
@@ -121,16 +129,24 @@ class ViewModel(EventDispatcher):
         schedule_interval: Callable | None = None,
         now: Callable[[], float] = time.time,
         service_pin: str = "0000",
+        backlight=None,
         **kw,
     ):
         super().__init__(**kw)
         self.link = link
+        self.backlight = backlight  # kiosk.backlight.Backlight, or None
+        if backlight is not None:
+            try:
+                self.brightness_pct = backlight.get_pct()
+            except (OSError, ValueError):
+                self.backlight = None
         self.now = now
         self.service_pin = service_pin
         self.holding_lease = False
         self.summary_dismissed = True
         self.idle_s = 0.0
         self._lease_inflight = 0
+        self._cue_until = 0.0
         if schedule_interval is None:
             from kivy.clock import Clock
 
@@ -147,6 +163,8 @@ class ViewModel(EventDispatcher):
         self.sim = bool(hello.get("sim"))
         self.lease_ms = float(hello.get("lease_ms", 300.0))
         self.level_count = int(hello.get("level_count", 10))
+        if isinstance(hello.get("sound"), bool):
+            self.sound = hello["sound"]
         self._send("programs", callback=self._got_programs)
         self._send("screening_status", callback=self._got_screening)
         self.refresh_home()
@@ -179,12 +197,14 @@ class ViewModel(EventDispatcher):
             self.recontact = True
         elif ev == "cue":
             self.cue_count += 1
+            self._cue_until = self.now() + CUE_SHOW_S
             if data.get("kind") == "next_zone":
                 self.cue_text = S.NEXT_ZONE.format(zone=self.zone_name(data.get("zone")))
             else:
                 self.cue_text = S.MOVE_ON
         elif ev == "treatment_started":
             self.summary_dismissed = False
+            self.ramped = False
             self.trace = []
         elif ev == "treatment_finished":
             self.summary = dict(data)
@@ -217,8 +237,16 @@ class ViewModel(EventDispatcher):
         self.contact_band = contact_band(self.contact, st.get("contact_quality_pct"))
         self.contact_word = S.CONTACT_WORDS[self.contact_band]
         self.lifted = self.output == "lifted"
-        if self.output != "ramp_up":
+        if self.output not in ("balance", "ramp_up"):
+            # The re-contact ramp: after a lift-off the loop first balances the charge, then
+            # ramps back up; the banner says so until the output is on again.
             self.recontact = False
+        if self.state in ("ramp_up", "running", "paused"):
+            self.ramped = True
+        elif self.state not in ACTIVE:
+            self.ramped = False
+        if self.cue_text and self.now() >= self._cue_until:
+            self.cue_text = ""
         post = st.get("post") or {}
         self.post_passed = post.get("passed")
         if post.get("failed_step"):
@@ -244,8 +272,10 @@ class ViewModel(EventDispatcher):
             screen = "startup"
         elif st == "fault":
             screen = "fault"
-        elif st == "contact_check":
+        elif st == "contact_check" and not self.ramped:
             screen = "contact"
+        elif st == "contact_check":
+            screen = "treatment"  # a lift-off: "contact lost, timer paused" over the treatment
         elif st in TREATING:
             screen = "treatment"
         elif st == "self_test" or (st == "idle" and self.post_passed is False):
@@ -375,7 +405,12 @@ class ViewModel(EventDispatcher):
             return
         self.holding_lease = True
         self.summary_dismissed = False
+        self.ramped = False
         self.trace = []
+        # The daemon armed the lease when it accepted the start, before this reply travelled
+        # here: renew now rather than at the next 100 ms tick (the contact screen's first frame
+        # comes next and may be a long one).
+        self.lease_tick()
 
     def level_up(self) -> None:
         self._send("level_up", callback=self._refused)
@@ -455,6 +490,30 @@ class ViewModel(EventDispatcher):
             self.notice = S.EXPORTED.format(path=path)
 
         self._send("export_csv", {"what": "treatments"}, callback=got, timeout_s=10.0)
+
+    def set_sound(self, on: bool) -> None:
+        """The buzzer (relocate cues) on or off: the daemon drives it, so the daemon is asked
+        (``set_sound`` {"on"} -> {"sound"}). An older daemon without it: said once, no toggle."""
+
+        def got(reply) -> None:
+            if reply.ok:
+                self.sound = bool(reply.result.get("sound", on))
+            elif (reply.error or {}).get("code") == "UNKNOWN_COMMAND":
+                self.sound_supported = False
+                self.notice = S.OLD_SERVICE.format(what=S.SOUND.lower())
+            else:
+                self._refused(reply)
+
+        self._send("set_sound", {"on": bool(on)}, callback=got)
+
+    def set_brightness(self, pct: float) -> None:
+        """The panel's backlight (kiosk-local: the screen is the kiosk's, not the daemon's)."""
+        if self.backlight is None:
+            return
+        try:
+            self.brightness_pct = self.backlight.set_pct(pct)
+        except OSError as e:
+            self.notice = S.BRIGHTNESS_FAILED.format(why=e.strerror or e)
 
     def run_self_test(self) -> None:
         self._send("self_test", callback=self._refused)

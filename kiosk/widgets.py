@@ -134,6 +134,60 @@ class FaceDiagram(Widget):
             Line(points=[x + 0.62 * w, y + 0.14 * h, x + 0.62 * w, y], width=2)
 
 
+class Digits(Widget):
+    """Big digits (countdowns, the level) drawn from one cached texture per glyph.
+
+    A Label re-renders its whole texture with SDL_ttf on every change: for 72-80 sp digits that
+    was the longest work of a treatment frame (a countdown changes every second), and a long
+    frame delays the lease renewal. Here each glyph is rendered once per size and a change only
+    swaps rectangles. Digits sit in cells of equal width (tabular), so a countdown does not
+    jitter; the texture is white and ``color`` tints it, as in a Label."""
+
+    text = StringProperty("")
+    font_size = NumericProperty(72)
+    bold = BooleanProperty(False)
+    color = ColorProperty(theme.TEXT)
+    _glyphs: dict = {}  # (char, font_size px, bold) -> texture, shared by every Digits
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.bind(pos=self.redraw, size=self.redraw, text=self.redraw, color=self.redraw)
+        self.bind(font_size=self.redraw, bold=self.redraw)
+
+    @classmethod
+    def prewarm(cls, font_sizes: tuple, chars: str = "0123456789:–-") -> None:
+        """Render the glyphs now (start-up), not in the first frame of a treatment."""
+        for size in font_sizes:
+            for bold in (False, True):
+                probe = cls(font_size=size, bold=bold)
+                for ch in chars:
+                    probe.glyph(ch)
+
+    def glyph(self, ch: str):
+        key = (ch, round(self.font_size), self.bold)
+        tex = Digits._glyphs.get(key)
+        if tex is None:
+            from kivy.core.text import Label as CoreLabel
+
+            core = CoreLabel(text=ch, font_size=self.font_size, bold=self.bold)
+            core.refresh()
+            tex = Digits._glyphs[key] = core.texture
+        return tex
+
+    def redraw(self, *_):
+        cell = self.glyph("0").width  # every digit gets the widest digit's cell
+        texs = [self.glyph(c) for c in self.text]
+        widths = [cell if c.isdigit() else t.width for c, t in zip(self.text, texs, strict=True)]
+        x = self.center_x - sum(widths) / 2
+        self.canvas.clear()
+        with self.canvas:
+            Color(*self.color)
+            for t, w in zip(texs, widths, strict=True):
+                pos = (x + (w - t.width) / 2, self.center_y - t.height / 2)
+                Rectangle(texture=t, pos=pos, size=t.size)
+                x += w
+
+
 class Trace(Widget):
     """The measured current over the last seconds: one Line whose points are replaced."""
 

@@ -18,6 +18,20 @@ class TreatmentScreen(Screen):
 
         App.get_running_app().vm.bind(cue_count=lambda *_: self.ids.face.flash())
 
+    @staticmethod
+    def cue_shown(cue_text: str, lifted: bool, recontact: bool, state: str) -> bool:
+        """The banner shows a cue (accent colours) rather than a warning or the step."""
+        return (
+            bool(cue_text)
+            and not lifted
+            and not recontact
+            and state
+            not in (
+                "paused",
+                "ramp_down",
+            )
+        )
+
     def banner(self, vm) -> str:
         from kiosk import strings as S
 
@@ -29,4 +43,6 @@ class TreatmentScreen(Screen):
             return S.RAMPING_DOWN
         if vm.recontact:
             return S.RECONTACT
+        if vm.cue_text:
+            return vm.cue_text  # "Move a little" / "Next: Forehead", with the zone's pulse
         return S.STEP_OF.format(i=int(vm.step) + 1, n=max(int(vm.steps), int(vm.step) + 1))

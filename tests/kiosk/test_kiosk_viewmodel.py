@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from fakes import HELLO, PROGRAMS, RUNNING, SUMMARY, FakeLink, status
 
@@ -112,15 +114,17 @@ def test_start_sends_program_id_only_and_renews_lease_on_the_ui_clock(vm):
     vm.start_treatment()
     assert vm.link.args[-1] == {"program": "demo"}  # an intent: no current, no level in uA
     vm.link.answer("start", {"state": "contact_check"})
+    # The daemon armed the lease when it accepted the start: renewed at once, then every tick.
+    assert vm.link.cmds()[-1] == "lease"
     for _ in range(3):
         fn(0.1)
-    assert vm.link.cmds().count("lease") == 3
+    assert vm.link.cmds().count("lease") == 4
     vm.link.answer("lease", {"lease_ms": 300.0, "held": True})
     vm.on_link_message({"event": "status", "data": status(**RUNNING)})
     assert vm.screen == "treatment"
     vm.on_link_message({"event": "treatment_finished", "data": SUMMARY})
     fn(0.1)
-    assert vm.link.cmds().count("lease") == 3  # the lease ended with the treatment
+    assert vm.link.cmds().count("lease") == 4  # the lease ended with the treatment
 
 
 def test_start_refused_shows_why_and_holds_no_lease(vm):
@@ -135,8 +139,7 @@ def test_start_refused_shows_why_and_holds_no_lease(vm):
 def test_lease_not_held_any_more_stops_renewing(vm):
     connect(vm)
     vm.start_treatment()
-    vm.link.answer("start", {"state": "contact_check"})
-    vm.lease_tick()
+    vm.link.answer("start", {"state": "contact_check"})  # (renews at once)
     vm.link.answer("lease", {"lease_ms": 300.0, "held": False})
     vm.lease_tick()
     assert vm.link.cmds().count("lease") == 1
@@ -164,16 +167,51 @@ def test_level_buttons_send_steps(vm):
 
 
 def test_lift_off_shows_paused_timer_then_recontact(vm):
+    """The daemon's lift-off: state contact_check with the output lifted, then (re-contact) the
+    charge balance and the ramp. The treatment screen stays, with the banner; only a treatment
+    that never ramped yet shows the contact-check screen."""
     connect(vm)
+    vm.start_treatment()
+    vm.link.answer("start", {"state": "contact_check"})
+    first = {**RUNNING, "state": "contact_check", "output": "on", "level": 1}
+    vm.on_link_message({"event": "status", "data": status(**first)})
+    assert vm.screen == "contact"  # the first contact check
     vm.on_link_message({"event": "status", "data": status(**RUNNING)})
     vm.on_link_message({"event": "contact_lost", "data": {"reason": "open load"}})
-    vm.on_link_message(
-        {"event": "status", "data": status(**{**RUNNING, "output": "lifted", "contact": False})}
-    )
-    assert vm.lifted and vm.contact_band == "none"
+    lifted = {**RUNNING, "state": "contact_check", "output": "lifted", "contact": False}
+    vm.on_link_message({"event": "status", "data": status(**lifted)})
+    assert vm.lifted and vm.contact_band == "none" and vm.screen == "treatment"
     vm.on_link_message({"event": "contact_restored", "data": {"lifted_s": 1.0}})
-    vm.on_link_message({"event": "status", "data": status(**{**RUNNING, "output": "ramp_up"})})
-    assert not vm.lifted and vm.recontact
+    for output in ("balance", "ramp_up"):
+        st = {**RUNNING, "state": "contact_check" if output == "balance" else "ramp_up"}
+        vm.on_link_message({"event": "status", "data": status(**{**st, "output": output})})
+        assert not vm.lifted and vm.recontact and vm.screen == "treatment", output
+    vm.on_link_message({"event": "status", "data": status(**RUNNING)})
+    assert not vm.recontact  # the output is on again
+    vm.on_link_message({"event": "treatment_finished", "data": SUMMARY})
+    vm.on_link_message({"event": "status", "data": status(state="finished", last_summary=SUMMARY)})
+    vm.dismiss_summary()
+    vm.start_treatment()  # the next treatment's first contact check is the contact screen again
+    vm.link.answer("start", {"state": "contact_check"})
+    vm.on_link_message({"event": "status", "data": status(**first)})
+    assert vm.screen == "contact"
+
+
+def test_cue_words_shown_for_a_few_seconds(vm):
+    t = [1_800_000_000.0]
+    vm.now = lambda: t[0]
+    connect(vm)
+    vm.on_link_message({"event": "status", "data": status(**RUNNING)})
+    vm.on_link_message({"event": "cue", "data": {"kind": "relocate", "zone": "cheeks"}})
+    assert vm.cue_text == S.MOVE_ON and vm.cue_count == 1
+    t[0] += 2.0
+    vm.on_link_message({"event": "status", "data": status(**RUNNING)})
+    assert vm.cue_text == S.MOVE_ON
+    t[0] += 1.5
+    vm.on_link_message({"event": "status", "data": status(**RUNNING)})
+    assert vm.cue_text == ""
+    vm.on_link_message({"event": "cue", "data": {"kind": "next_zone", "zone": "forehead"}})
+    assert vm.cue_text == S.NEXT_ZONE.format(zone="Forehead")
 
 
 def test_pause_resume_toggles_on_state(vm):
@@ -228,10 +266,11 @@ def test_service_lost_overlay_and_latched_fault_after_restart(vm):
     connect(vm)
     vm.start_treatment()
     vm.link.answer("start", {"state": "contact_check"})
+    leases = vm.link.cmds().count("lease")
     vm.on_link_disconnected("the daemon closed the connection")
     assert vm.service_lost and not vm.holding_lease
     vm.lease_tick()
-    assert "lease" not in vm.link.cmds()
+    assert vm.link.cmds().count("lease") == leases  # nothing renewed over a lost connection
     vm.on_link_connected(HELLO)
     assert not vm.service_lost
     vm.on_link_message(
@@ -321,3 +360,38 @@ def test_lease_kept_through_self_test_and_ready_before_output(vm):
     n = vm.link.cmds().count("lease")
     vm.lease_tick()
     assert vm.link.cmds().count("lease") == n
+
+
+def test_sound_asks_the_daemon_and_an_older_daemon_hides_the_toggle(vm):
+    connect(vm)
+    vm.set_sound(False)
+    assert vm.link.args[-1] == {"on": False}
+    vm.link.answer("set_sound", {"sound": False})
+    assert vm.sound is False and vm.sound_supported
+    vm.set_sound(True)
+    vm.link.fail("set_sound", "UNKNOWN_COMMAND", "unknown command 'set_sound'")
+    assert not vm.sound_supported and "sound" in vm.notice
+    assert vm.sound is False  # unchanged: the daemon did not take it
+
+
+def test_brightness_on_a_panel_with_a_backlight(tmp_path):
+    from kiosk.backlight import MIN_PCT, Backlight
+
+    assert Backlight.find(tmp_path / "none") is None  # a desktop: no row, nothing written
+    d = tmp_path / "rpi_backlight"
+    d.mkdir()
+    (d / "max_brightness").write_text("255\n")
+    (d / "brightness").write_text("255\n")
+    vm = ViewModel(FakeLink(), schedule_interval=Ticks(), backlight=Backlight.find(tmp_path))
+    assert vm.brightness_pct == 100
+    vm.set_brightness(50)
+    assert (d / "brightness").read_text() == "128" and vm.brightness_pct == 50
+    vm.set_brightness(-20)  # never fully dark by a setting
+    assert vm.brightness_pct == MIN_PCT and (d / "brightness").read_text() == "26"
+    assert vm.link.sent == []  # the backlight is the kiosk's: no daemon command
+    (d / "brightness").chmod(0o444)
+    if os.access(d / "brightness", os.W_OK):  # root ignores the mode: make the write fail
+        (d / "brightness").unlink()
+        (d / "brightness").mkdir()
+    vm.set_brightness(70)
+    assert "brightness" in vm.notice and vm.brightness_pct == MIN_PCT
