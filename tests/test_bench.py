@@ -197,3 +197,31 @@ def test_ctrl_c_during_the_load_bench_ends_every_process_it_started():
     assert interrupted  # while the load ran (a CPU hog was up)
     assert rc != 0  # interrupted, not a finished run
     assert _still_alive(seen) == []
+
+
+class _FakeDaemon:
+    """A client whose first start trips (as a loop stall on a busy host would)."""
+
+    def __init__(self):
+        self.calls, self.starts, self.state = [], 0, "ready"
+
+    def request(self, cmd, **kw):
+        self.calls.append(cmd)
+        if cmd == "start":
+            self.starts += 1
+            self.state = "fault" if self.starts == 1 else "running"
+        elif cmd == "acknowledge":
+            self.state = "idle"
+        elif cmd == "self_test":
+            self.state = "ready"
+        fault = {"code": "LOOP_STALL", "detail": "loop resumed after 10.0 ms"}
+        return {"state": self.state, "fault": fault if self.state == "fault" else None}
+
+
+def test_a_trip_while_setting_a_measurement_up_is_reported_not_hidden():
+    bench.SETUP_TRIPS.clear()
+    d = _FakeDaemon()
+    bench._run_treatment(d)
+    assert bench.SETUP_TRIPS == ["LOOP_STALL: loop resumed after 10.0 ms"]
+    assert d.starts == 2 and d.calls.index("acknowledge") < d.calls.index("self_test")
+    bench.SETUP_TRIPS.clear()
