@@ -27,6 +27,7 @@ import sqlite3
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -327,8 +328,36 @@ def run_scenario(root: Path, scenario, config: Path | None = None):
         return scenario(factory)
 
 
-# (The name the tests used while LOOP_STALL scenarios were retried; it no longer retries.)
-retry_on_host_timing = run_scenario
+def host_steal_ms() -> float | None:
+    """CPU time the hypervisor took from this VM's CPUs since boot (ms; /proc/stat "steal",
+    summed over the CPUs), or None where the kernel does not count it."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) * 1000.0 / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def retry_on_host_timing(root: Path, scenario, config: Path | None = None):
+    """Run ``scenario(factory)``; run it once more on fresh daemons only when it failed on a
+    LOOP_STALL *and* the hypervisor is measured to have taken CPU time from this machine during
+    that attempt (/proc/stat steal; 10 ms steps). That is the established cause of the stalls
+    seen here: the real-time process holds nothing else, and a stolen vCPU stops it, at steal
+    rates of about one 10 ms step per 30 s on the loop's CPU (measured 2026-12-02). A LOOP_STALL
+    with no steal measured, or any other failure, fails at once: its cause is unknown."""
+    steal0 = host_steal_ms()
+    try:
+        return run_scenario(Path(root) / "attempt1", scenario, config)
+    except HostTimingFault as e:
+        steal1 = host_steal_ms()
+        stolen = None if steal0 is None or steal1 is None else steal1 - steal0
+        if not stolen:
+            raise
+        warnings.warn(
+            f"{e}; the hypervisor took {stolen:.0f} ms of CPU meanwhile: run again", stacklevel=2
+        )
+    return run_scenario(Path(root) / "attempt2", scenario, config)
 
 
 def expect_ready(d: Daemon) -> dict:

@@ -361,7 +361,8 @@ def test_floods_from_other_local_clients_never_end_a_treatment(tmp_path, seeded_
     # never read, a non-holder pipelining `lease`, `history limit=500` with 1000 treatments on
     # record, 2000 `export_csv` queued, 1100 idle connections) while the kiosk renews its lease
     # every 100 ms: every renewal is answered held, no fault, still running. One flood a test: a
-    # host-timing LOOP_STALL (the known cause, see daemon_helpers) reruns only that flood.
+    # LOOP_STALL while the hypervisor took CPU time (daemon_helpers.retry_on_host_timing) reruns
+    # only that flood.
     def scenario(daemons):
         d = daemons.make()
         d.state_dir.mkdir(parents=True, exist_ok=True)

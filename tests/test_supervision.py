@@ -411,3 +411,43 @@ def test_cancelling_a_task_is_not_a_failure(hw_daemon):
 
     asyncio.run(run())
     assert d.service_failure is None and not d.guard.tripped
+
+
+def test_a_loop_stall_is_run_again_only_when_the_hypervisor_took_cpu_meanwhile(
+    tmp_path, monkeypatch
+):
+    """The one retry the suite has: a LOOP_STALL with steal measured during the attempt. A stall
+    without steal, or any other failure, fails at once (its cause is unknown)."""
+    import daemon_helpers as dh
+
+    runs = []
+
+    def stalls(factory):
+        runs.append(factory.root.name)
+        raise dh.HostTimingFault("LOOP_STALL: loop resumed after 10.6 ms")
+
+    steal = iter([100.0, 100.0])
+    monkeypatch.setattr(dh, "host_steal_ms", lambda: next(steal))
+    with pytest.raises(dh.HostTimingFault):
+        dh.retry_on_host_timing(tmp_path / "a", stalls)
+    assert runs == ["attempt1"]
+
+    runs.clear()
+    steal = iter([100.0, 110.0])
+    with (
+        pytest.warns(UserWarning, match="hypervisor took 10 ms"),
+        pytest.raises(dh.HostTimingFault),
+    ):
+        dh.retry_on_host_timing(tmp_path / "b", stalls)
+    assert runs == ["attempt1", "attempt2"]  # once more, and only once
+
+    runs.clear()
+
+    def breaks(factory):
+        runs.append(factory.root.name)
+        raise AssertionError("a real failure")
+
+    steal = iter([100.0, 110.0])
+    with pytest.raises(AssertionError, match="a real failure"):
+        dh.retry_on_host_timing(tmp_path / "c", breaks)
+    assert runs == ["attempt1"]
