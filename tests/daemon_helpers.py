@@ -324,6 +324,7 @@ def check_timing(status: dict) -> dict:
 def run_scenario(root: Path, scenario, config: Path | None = None):
     """Run ``scenario(factory)`` once, with fresh daemons under ``root`` (stopped at the end).
     ``config`` is the factory's default --config. Nothing is retried."""
+    Path(root).mkdir(parents=True, exist_ok=True)
     with DaemonFactory(Path(root), config=config) as factory:
         return scenario(factory)
 
