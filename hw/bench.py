@@ -543,6 +543,18 @@ def _start_once(client, program: str, level: int) -> dict:
     return status
 
 
+def _wait_ready(client, timeout_s: float = 15.0) -> None:
+    """Wait (bounded) until a treatment can start, running the self-test when it is due."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        st = client.request("status")["state"]
+        if st in ("ready", "finished"):
+            return
+        if st == "idle":
+            client.request("self_test")
+        time.sleep(0.1)
+
+
 def _run_treatment(client, program: str = "demo", level: int = 4) -> None:
     """Start ``program`` and wait until it runs. A trip on the way is recorded in SETUP_TRIPS,
     acknowledged, the self-test run again, and the start made once more (the figure then comes
@@ -552,14 +564,7 @@ def _run_treatment(client, program: str = "demo", level: int = 4) -> None:
         f = status["fault"]
         SETUP_TRIPS.append(f"{f['code']}: {f['detail']}")
         client.request("acknowledge")
-        deadline = time.monotonic() + 15.0
-        while time.monotonic() < deadline:
-            st = client.request("status")["state"]
-            if st in ("ready", "finished"):
-                break
-            if st == "idle":
-                client.request("self_test")
-            time.sleep(0.1)
+        _wait_ready(client)
         status = _start_once(client, program, level)
     if status["state"] != "running":
         raise RuntimeError(f"the treatment did not reach running: {status}")
@@ -803,14 +808,7 @@ def _ensure_running(kiosk, program: str = FLOOD_PROGRAM) -> None:
         return
     if st["state"] == "fault":
         kiosk.request("acknowledge")
-    deadline = time.monotonic() + 15.0
-    while time.monotonic() < deadline:
-        st = kiosk.request("status")
-        if st["state"] in ("ready", "finished"):
-            break
-        if st["state"] == "idle":
-            kiosk.request("self_test")
-        time.sleep(0.1)
+    _wait_ready(kiosk)
     _run_treatment(kiosk, program)
 
 
