@@ -1,5 +1,5 @@
-"""``python -m hw``: the hardware daemon (see hw/daemon.py)."""
+"""``python -m hw``: the hardware daemon (see hw/service/daemon.py)."""
 
-from hw.daemon import main
+from hw.service.daemon import main
 
 raise SystemExit(main())

@@ -74,9 +74,9 @@ def setup_logging(stream: TextIO | None = None, level: int = logging.INFO) -> lo
 def log_realtime(log: logging.Logger, thread: str, priority: int, note: str) -> bool:
     """Log whether ``thread`` got the real-time scheduling it asked for; True if it did.
 
-    ``note`` is what ``hw.loop._tune_thread(priority)`` returned. Refused real-time is a warning
-    (it shows under ``journalctl -p warning``): the loop then runs at normal priority, where a
-    busy host can stall it into a LOOP_STALL trip. The usual cause is a missing ``LimitRTPRIO=``.
+    ``note`` is what ``hw.control.loop._tune_thread(priority)`` returned. Refused real-time is a
+    warning (it shows under ``journalctl -p warning``): the loop then runs at normal priority, where
+    a busy host can stall it into a LOOP_STALL trip. The usual cause is a missing ``LimitRTPRIO=``.
     """
     if priority <= 0:
         log.info("REALTIME %s: not requested (loop.realtime_priority=0): %s", thread, note)

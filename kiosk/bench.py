@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run(sock: str, tmp: str, env: dict, args) -> int:
-    from hw.client import Client
+    from hw.service.client import Client
     from kiosk import strings as S
 
     deadline = time.monotonic() + READY_BOUND_S

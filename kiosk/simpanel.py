@@ -17,7 +17,7 @@ from kiosk.widgets import KButton
 
 Builder.load_file(os.path.join(os.path.dirname(__file__), "simpanel.kv"))
 
-# Shown before the daemon's first ``sim state`` reply (hw.sim.board.FAULTS, SKINS).
+# Shown before the daemon's first ``sim state`` reply (hw.hal.sim.board.FAULTS, SKINS).
 DEFAULT_FAULTS = (
     "adc_stuck",
     "adc_current_stuck",

@@ -200,8 +200,8 @@ SIM_CHARGER_OUT = _("Unplug\ncharger")
 SIM_SKIN = _("Skin")
 SIM_FAULTS = _("Faults (red = active, tap again to clear)")
 SIM_SKINS = {"normal": _("normal"), "damp": _("damp"), "dry": _("dry"), "sweaty": _("sweaty")}
-# The board's fault names (hw.sim.board.FAULTS) as the panel shows them; an unknown name is shown
-# with its underscores as spaces.
+# The board's fault names (hw.hal.sim.board.FAULTS) as the panel shows them; an unknown name is
+# shown with its underscores as spaces.
 SIM_FAULT_NAMES = {
     "adc_stuck": _("ADC stuck"),
     "adc_current_stuck": _("ADC current stuck"),

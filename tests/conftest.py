@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hw.loop import OutputState
-from hw.sim.rig import SimRig
-from hw.waveform import WaveformSpec
+from hw.control.loop import OutputState
+from hw.control.waveform import WaveformSpec
+from hw.hal.sim.rig import SimRig
 
 RUNNING_TARGET_UA = 200.0
 RUNNING_SPEC = WaveformSpec(50.0, 10.0)

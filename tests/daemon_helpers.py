@@ -34,8 +34,8 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # (script mode) so that ``hw`` imports from this checkout
     sys.path.insert(0, str(REPO))
 
-from hw.client import Client, DaemonError  # noqa: E402
-from hw.sim.mirror import read_mirror  # noqa: E402
+from hw.hal.sim.mirror import read_mirror  # noqa: E402
+from hw.service.client import Client, DaemonError  # noqa: E402
 
 READY_TIMEOUT_S = 15.0
 STOP_GRACE_S = 5.0
@@ -87,7 +87,7 @@ class Daemon:
         self.log_path = root / f"{name}.log"
         self.config = config
         self.proc: subprocess.Popen | None = None
-        self.rt_pid: int | None = None  # its real-time process (hw/rt.py), once it is up
+        self.rt_pid: int | None = None  # its real-time process (hw/control/rt.py), once it is up
         self._clients: list[Client] = []
 
     @property
@@ -189,13 +189,13 @@ class Daemon:
 
 
 def rt_pid_of(service_pid: int) -> int:
-    """The real-time process of the daemon ``service_pid`` (its child running hw.rt)."""
+    """The real-time process of the daemon ``service_pid`` (its child running hw.control.rt)."""
     for d in Path("/proc").iterdir():
         if not d.name.isdigit():
             continue
         try:
             ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == service_pid and b"hw.rt" in (d / "cmdline").read_bytes():
+            if ppid == service_pid and b"hw.control.rt" in (d / "cmdline").read_bytes():
                 return int(d.name)
         except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
             continue
@@ -297,9 +297,10 @@ def write_test_config(path: Path) -> Path:
 
 
 # ------------------------------------------------------------------------------ host timing
-# The 2 kHz loop runs in a process of its own (hw/rt.py) that shares its GIL with nothing else, so
-# a busy service no longer stalls it. No scenario is retried: a LOOP_STALL where a scenario expects
-# none fails the test as a HostTimingFault (naming the trip), like any other unexpected fault.
+# The 2 kHz loop runs in a process of its own (hw/control/rt.py) that shares its GIL with nothing
+# else, so a busy service no longer stalls it. No scenario is retried: a LOOP_STALL where a scenario
+# expects none fails the test as a HostTimingFault (naming the trip), like any other unexpected
+# fault.
 HOST_TIMING_FAULTS = frozenset({"LOOP_STALL"})
 
 

@@ -115,7 +115,7 @@ def _run_watching_descendants(argv, interrupt_when=None):
 
     from daemon_helpers import REPO, subprocess_env
 
-    from hw import proctree
+    from hw.bench import proctree
 
     p = subprocess.Popen(
         [sys.executable, "-m", "hw.bench", *argv],
@@ -147,7 +147,7 @@ def _run_watching_descendants(argv, interrupt_when=None):
 
 
 def _still_alive(seen: dict) -> list[int]:
-    from hw import proctree
+    from hw.bench import proctree
 
     alive = []
     for pid, (_cpu, start) in seen.items():

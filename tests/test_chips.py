@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from hw.bus import CheckedBus, SpiFault
-from hw.chips import mcp3208, mcp4922
-from hw.chips.mcp3208 import Mcp3208
-from hw.chips.mcp4922 import CHANNEL_A, CHANNEL_B, DacWord, Mcp4922
+from hw.hal.bus import CheckedBus, SpiFault
+from hw.hal.chips import mcp3208, mcp4922
+from hw.hal.chips.mcp3208 import Mcp3208
+from hw.hal.chips.mcp4922 import CHANNEL_A, CHANNEL_B, DacWord, Mcp4922
 
 
 class FakeBus:

@@ -19,7 +19,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hw import config as hc
-from hw.boardfile import (
+from hw.config import Config, ConfigError, Problem, default_config_path, load_config
+from hw.config.boardfile import (
     BOARD_SECTIONS,
     DEFAULT_BOARD_PATH,
     board_path_for,
@@ -28,7 +29,6 @@ from hw.boardfile import (
     sim_board_path,
     write_board,
 )
-from hw.config import Config, ConfigError, Problem, default_config_path, load_config
 
 DEFAULT = str(default_config_path())
 SIM_BOARD = str(sim_board_path())
@@ -857,7 +857,7 @@ def test_error_line_format(tmp_path):
     with pytest.raises(ConfigError) as info:
         load_config(path, env={})
     assert str(info.value) == (
-        f"{path}: limits.lease_ms = 49: must be at least 50.0 (a ceiling in hw/config.py)"
+        f"{path}: limits.lease_ms = 49: must be at least 50.0 (a ceiling in hw/config/__init__.py)"
     )
 
 
@@ -1200,7 +1200,7 @@ def test_the_daemon_refuses_to_start_without_a_board_file(tmp_path):
 
 
 def calibrate(*argv: str) -> int:
-    from hw.calibrate import main
+    from hw.tools.calibrate import main
 
     return main(list(argv))
 

@@ -33,8 +33,8 @@ from daemon_helpers import (
     write_test_config,
 )
 
-from hw.client import DaemonError
 from hw.config import load_config
+from hw.service.client import DaemonError
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The service CLI (hw.ctl) against a real daemon process on the simulated board.
+"""The service CLI (hw.tools.ctl) against a real daemon process on the simulated board.
 
 Each daemon runs as ``python -m hw --sim`` with its socket and state in the test's tmp dir; every
 ctl command is a real ``python -m hw.ctl`` subprocess, as an engineer would type it.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from hw.client import Client
+from hw.service.client import Client
 
 REPO = Path(__file__).resolve().parents[1]
 READY_TIMEOUT_S = 15.0

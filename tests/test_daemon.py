@@ -29,8 +29,8 @@ from daemon_helpers import (
 )
 
 from hw import bench
-from hw.client import DaemonError
 from hw.config import load_config
+from hw.service.client import DaemonError
 
 pytestmark = pytest.mark.slow
 
@@ -395,7 +395,7 @@ def test_floods_from_other_local_clients_never_end_a_treatment(tmp_path, seeded_
 def test_large_replies_are_encoded_in_bounded_pieces(monkeypatch):
     # Item 10: no single json.dumps of a whole 500-record history (it held the GIL 8-29 ms and
     # tripped LOOP_STALL); the bytes are the same as one dumps would give.
-    from hw import protocol as P
+    from hw.service import protocol as P
 
     record = {"id": 1, "program_id": "demo", "active_s": 60.0, "zones": [{"zone": "cheeks"}] * 2}
     records = [dict(record, id=i) for i in range(500)]
@@ -409,7 +409,7 @@ def test_large_replies_are_encoded_in_bounded_pieces(monkeypatch):
         return real_dumps(obj, *a, **k)
 
     monkeypatch.setattr(P.json, "dumps", counting_dumps)
-    from hw import daemon as D
+    from hw.service import daemon as D
 
     got = [
         P.reply_ok_chunked(7, records, D.BULK_CHUNK_ITEMS, D.BULK_CHUNK_CHARS),
@@ -598,10 +598,10 @@ def test_request_stop_before_serve_is_not_lost(tmp_path):
     # makes serve() return at once instead of serving forever.
     import asyncio
 
-    from hw.board import build_sim_board
     from hw.clock import MonotonicClock
-    from hw.daemon import Daemon
-    from hw.notify import Notifier
+    from hw.hal.board import build_sim_board
+    from hw.service.daemon import Daemon
+    from hw.service.notify import Notifier
 
     cfg = load_config(None)
     clock = MonotonicClock()
@@ -620,7 +620,7 @@ def test_request_stop_before_serve_is_not_lost(tmp_path):
 
 def test_the_unit_limits_file_descriptors_above_the_connection_cap():
     # Item 10: a file limit in the unit, with room for the connection cap and the daemon's own.
-    from hw.daemon import MAX_CLIENTS
+    from hw.service.daemon import MAX_CLIENTS
 
     unit = (REPO / "systemd" / "microcurrent-hw.service.in").read_text()
     m = re.search(r"^LimitNOFILE=(\d+)$", unit, re.MULTILINE)
@@ -666,10 +666,10 @@ def service():
     """A Daemon (hardware not started) and a factory of connected fake clients."""
     import asyncio
 
-    from hw.board import build_sim_board
     from hw.clock import MonotonicClock
-    from hw.daemon import Client, Daemon
-    from hw.notify import Notifier
+    from hw.hal.board import build_sim_board
+    from hw.service.daemon import Client, Daemon
+    from hw.service.notify import Notifier
 
     cfg = load_config(None)
     clock = MonotonicClock()
@@ -698,7 +698,7 @@ def _ids(writes, c) -> list:
 
 
 def test_a_turn_serves_renewals_first_and_each_connection_a_bounded_share(service):
-    from hw import daemon as D
+    from hw.service import daemon as D
 
     d, connect, writes = service
     flooders = [connect(f"flood{i}") for i in range(2)]
@@ -742,7 +742,7 @@ def test_nothing_runs_after_bye_in_the_same_read(service):
 
 
 def test_connection_limits_hello_timeout_idle_and_the_cap(service):
-    from hw import daemon as D
+    from hw.service import daemon as D
 
     d, connect, writes = service
     now = time.monotonic()

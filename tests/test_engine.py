@@ -1,4 +1,4 @@
-"""The treatment engine (hw/engine.py) driven over a SimRig in simulated time.
+"""The treatment engine (hw/service/engine.py) driven over a SimRig in simulated time.
 
 The harness does what the kiosk and the daemon do: the control loop ticks at 2 kHz, the engine
 ticks every 40 loop ticks (20 ms, the daemon's service period) and, while a treatment is under
@@ -18,7 +18,11 @@ from typing import NamedTuple
 import pytest
 
 from hw.config import Config, Program, load_config
-from hw.engine import (
+from hw.control.levels import level_to_ua
+from hw.control.loop import OutputState
+from hw.hal.sim.rig import SimRig
+from hw.safety import Fault
+from hw.service.engine import (
     CHECKPOINT_S,
     CONTACT_CONFIRM_S,
     OUTPUT_MARGIN_S,
@@ -29,17 +33,14 @@ from hw.engine import (
     EngineRefused,
     State,
 )
-from hw.levels import level_to_ua
-from hw.loop import OutputState
-from hw.safety import Fault
-from hw.sim.rig import SimRig
 
 DAY = date(2026, 11, 25)
 ENGINE_EVERY = 40  # loop ticks per engine tick (20 ms at 2 kHz)
 LEASE_EVERY = 200  # loop ticks per lease renewal (100 ms)
 ENGINE_TICK_S = 0.02
 EPS = 1e-6
-# The daemon keeps the lease while the engine is in one of these states (hw/daemon.py _LEASED).
+# The daemon keeps the lease while the engine is in one of these states (hw/service/daemon.py
+# _LEASED).
 LEASED = TREATING | {State.RAMP_DOWN, State.SELF_TEST, State.STARTING}
 
 S = State

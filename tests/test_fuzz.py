@@ -2,14 +2,14 @@
 
 One daemon takes well over 10,000 malformed or hostile lines on a few connections: random bytes,
 truncated JSON, lines over 8192 bytes, deep nesting, wrong types and out-of-range values for every
-argument of every command in ``hw.protocol.COMMANDS``, unknown commands and fields, NaN/Infinity,
-bytes that are not UTF-8, ids of every type, requests before ``hello``, and a flood sent without
-reading. The generator is a seeded ``random.Random``: every run sends the same bytes.
+argument of every command in ``hw.service.protocol.COMMANDS``, unknown commands and fields,
+NaN/Infinity, bytes that are not UTF-8, ids of every type, requests before ``hello``, and a flood
+sent without reading. The generator is a seeded ``random.Random``: every run sends the same bytes.
 
-Every line is first classified with ``hw.protocol.parse_request`` (the daemon's own validator) to
-know the reply it must get. Valid requests that would act (``start`` of a real program at a valid
-level, ``estop``, ``self_test``, ``acknowledge``, ``bye``) are left out of the hostile set; the
-ones before ``hello`` are tested on their own.
+Every line is first classified with ``hw.service.protocol.parse_request`` (the daemon's own
+validator) to know the reply it must get. Valid requests that would act (``start`` of a real program
+at a valid level, ``estop``, ``self_test``, ``acknowledge``, ``bye``) are left out of the hostile
+set; the ones before ``hello`` are tested on their own.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ import zlib
 import pytest
 from daemon_helpers import DaemonFactory, expect_ready
 
-from hw import protocol as P
 from hw.config import load_config
+from hw.service import protocol as P
 
 pytestmark = pytest.mark.slow
 

@@ -919,7 +919,7 @@ def test_the_engines_history_calls_run_ahead_of_bulk_reads(tmp_path):
     # Issue 6 item 10: a start's reads and writes waited behind 2000 queued exports (FIFO).
     import threading
 
-    from hw.daemon import HistoryWorker
+    from hw.service.daemon import HistoryWorker
 
     w = HistoryWorker(tmp_path / "history.db")
     w.start()
@@ -944,7 +944,7 @@ def test_the_engines_history_calls_run_ahead_of_bulk_reads(tmp_path):
 def test_stopping_the_worker_keeps_the_engines_writes_and_drops_queued_bulk_reads(tmp_path):
     import threading
 
-    from hw.daemon import HistoryWorker
+    from hw.service.daemon import HistoryWorker
 
     w = HistoryWorker(tmp_path / "history.db")
     w.start()

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from hw.loop import CommandRefused, OutputState
+from hw.control.loop import CommandRefused, OutputState
+from hw.control.waveform import WaveformSpec
 from hw.safety import Fault
-from hw.waveform import WaveformSpec
 
 SPEC = WaveformSpec(25.0, 20.0)  # gapless: current flows on every tick
 

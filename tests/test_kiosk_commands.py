@@ -9,9 +9,9 @@ import sqlite3
 import pytest
 from daemon_helpers import DaemonFactory, expect_ready, renew_until, start_treatment
 
-from hw.client import DaemonError
-from hw.protocol import SCREENING_QUESTIONS
-from hw.sim.board import FAULTS, SKINS
+from hw.hal.sim.board import FAULTS, SKINS
+from hw.service.client import DaemonError
+from hw.service.protocol import SCREENING_QUESTIONS
 
 pytestmark = pytest.mark.slow
 

@@ -8,7 +8,7 @@ from gpiozero.exc import GPIOPinInUse
 from gpiozero.pins.mock import MockFactory
 
 from hw.config import load_config
-from hw.lines import Lines
+from hw.hal.lines import Lines
 from hw.safety import Fault
 
 

@@ -6,11 +6,11 @@ import math
 
 import pytest
 
-from hw.levels import LevelError, level_to_ua
-from hw.loop import DITHER_CODES, CommandRefused, OutputState
-from hw.sim.plant import Load
-from hw.sim.rig import SimRig
-from hw.waveform import WaveformSpec
+from hw.control.levels import LevelError, level_to_ua
+from hw.control.loop import DITHER_CODES, CommandRefused, OutputState
+from hw.control.waveform import WaveformSpec
+from hw.hal.sim.plant import Load
+from hw.hal.sim.rig import SimRig
 
 SPEC = WaveformSpec(50.0, 10.0)
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from hw.loop import CommandRefused, OutputState
+from hw.control.loop import CommandRefused, OutputState
+from hw.control.waveform import WaveformSpec
 from hw.safety import Fault
-from hw.waveform import WaveformSpec
 
 STEPS = (
     "reference",
@@ -74,7 +74,7 @@ def test_post_calibration_matches_the_stage(rig):
 
 @pytest.mark.parametrize("seed", [2, 3, 4])
 def test_post_passes_for_other_noise_seeds(seed):
-    from hw.sim.rig import SimRig
+    from hw.hal.sim.rig import SimRig
 
     rig = SimRig(seed=seed)
     try:
@@ -291,7 +291,7 @@ def _board_file(tmp_path, **front_end):
 
     import yaml
 
-    from hw.boardfile import sim_board_path, write_board
+    from hw.config.boardfile import sim_board_path, write_board
 
     data = yaml.safe_load(Path(sim_board_path()).read_text(encoding="utf-8"))
     body = {k: v for k, v in data.items() if k != "sha256"}
@@ -303,9 +303,9 @@ def _rig_believing(board_path):
     """The simulated board as built (the packaged board file) under a loop that was given
     ``board_path``: what happens when a board file does not describe its board."""
     from hw.config import load_config
-    from hw.loop import ControlLoop, Supervisor
+    from hw.control.loop import ControlLoop, Supervisor
+    from hw.hal.sim.rig import SimRig
     from hw.safety import Guard
-    from hw.sim.rig import SimRig
 
     believed = load_config(env={}, board_path=board_path)  # valid: ranges, checksum, cross-checks
     rig = SimRig()
@@ -387,7 +387,7 @@ def test_post_passes_with_a_correct_board_file_and_reports_the_reference(tmp_pat
 def test_post_passes_with_the_board_file_the_calibration_step_measured(tmp_path):
     """The sim measured through its test load: the stage's 3 % gain is in dac_ua_per_code, so the
     self-test's own calibration finds a gain of ~1."""
-    from hw.calibrate import main as calibrate
+    from hw.tools.calibrate import main as calibrate
 
     out = tmp_path / "measured.yaml"
     assert calibrate(["measure", "--sim", "--out", str(out), "--board-id", "sim-m"]) == 0
@@ -408,8 +408,8 @@ def test_the_self_test_waits_in_time_not_in_ticks_when_ticks_come_back_to_back()
     """Under host load the runner catches up with ticks 20 us apart. The self-test's waits must
     still last their time: the latch and relay need real time to cut (a tick count read ~200 uA
     "still flowing" after the latch had tripped)."""
-    from hw.loop import OutputState
-    from hw.sim.rig import SimRig
+    from hw.control.loop import OutputState
+    from hw.hal.sim.rig import SimRig
 
     rig = SimRig(seed=4)
     try:

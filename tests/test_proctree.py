@@ -3,7 +3,7 @@
 import subprocess
 import sys
 
-from hw import proctree
+from hw.bench import proctree
 
 # A child that burns 0.4 s of its own CPU time, then starts a grandchild that burns 0.3 s (on the
 # same stdout, where it says so), then waits: CPU time by construction (time.process_time).

@@ -11,17 +11,17 @@ import time
 
 import pytest
 
-from hw.loop import DRIVING, CommandRefused, OutputState
+from hw.control.loop import DRIVING, CommandRefused, OutputState
+from hw.control.waveform import WaveformSpec
+from hw.hal.sim.board import FAULTS
+from hw.hal.sim.plant import Load
 from hw.safety import NEEDS_POST, Fault
-from hw.sim.board import FAULTS
-from hw.sim.plant import Load
-from hw.waveform import WaveformSpec
 
 TICK_MS = 0.5
 EPS_MS = 1e-6
 
 # Per fault that trips during a run: the Fault codes the loop can raise for it (read from
-# hw/loop.py) and the design bound (ms) from injection to output cut.
+# hw/control/loop.py) and the design bound (ms) from injection to output cut.
 RUN_TRIPS: dict[str, tuple[frozenset[Fault], float]] = {
     # The stage fails to its rail: the next sample reads far above the limit (or off the ADC's
     # scale). One tick.
@@ -279,7 +279,7 @@ def _with_limits(rig_cls, **limits):
 
 
 def test_output_time_limit_trips():
-    from hw.sim.rig import SimRig
+    from hw.hal.sim.rig import SimRig
 
     rig = SimRig(seed=1)
     try:
@@ -304,7 +304,7 @@ def test_max_output_s_can_only_lower_the_limit(rig):
 
 
 def test_net_charge_limit_trips():
-    from hw.sim.rig import SimRig
+    from hw.hal.sim.rig import SimRig
 
     # 40 ms phases at 200 uA carry 8 uC each: above a 5 uC limit half-way through a phase.
     rig = _with_limits(SimRig, max_net_charge_uc=5.0)

@@ -8,12 +8,12 @@ import threading
 
 import pytest
 
-from hw import loop as loop_module
 from hw.config import load_config
-from hw.loop import CommandRefused, OutputState
+from hw.control import loop as loop_module
+from hw.control.loop import CommandRefused, OutputState
+from hw.control.waveform import WaveformSpec
+from hw.hal.sim.rig import SimRig
 from hw.safety import Fault
-from hw.sim.rig import SimRig
-from hw.waveform import WaveformSpec
 
 
 def relay_ops(rig) -> int:
@@ -106,7 +106,7 @@ def test_lift_offs_on_the_forehead_step_stay_balanced(seed):
     cfg = load_config(env={})
     step = cfg.program("full-face-lift").steps[0]
     spec = WaveformSpec(step.frequency_hz, step.pulse_width_ms)
-    from hw.levels import level_to_ua
+    from hw.control.levels import level_to_ua
 
     target = level_to_ua(step.max_level, cfg.limits, step.max_level)
     rig = SimRig(cfg, seed=seed)

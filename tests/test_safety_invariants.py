@@ -29,12 +29,12 @@ from hypothesis.stateful import (
 )
 
 from hw.config import CEIL_CURRENT_UA
-from hw.loop import ACTIVE, CommandRefused, OutputState
+from hw.control.loop import ACTIVE, CommandRefused, OutputState
+from hw.control.waveform import WaveformSpec
+from hw.hal.sim.board import FAULTS
+from hw.hal.sim.plant import Load
+from hw.hal.sim.rig import SimRig
 from hw.safety import Fault
-from hw.sim.board import FAULTS
-from hw.sim.plant import Load
-from hw.sim.rig import SimRig
-from hw.waveform import WaveformSpec
 
 SPECS = [WaveformSpec(50.0, 10.0), WaveformSpec(10.0, 40.0), WaveformSpec(100.0, 2.0)]
 

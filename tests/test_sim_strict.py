@@ -13,15 +13,15 @@ import threading
 
 import pytest
 
-from hw.board import build_sim_board
-from hw.bus import SpiFault
-from hw.chips import mcp3208, mcp4922
-from hw.chips.mcp4922 import CHANNEL_A, CHANNEL_B, DacWord
 from hw.clock import SimClock
 from hw.config import load_config
+from hw.hal.board import build_sim_board
+from hw.hal.bus import SpiFault
+from hw.hal.chips import mcp3208, mcp4922
+from hw.hal.chips.mcp4922 import CHANNEL_A, CHANNEL_B, DacWord
+from hw.hal.sim.plant import Load
+from hw.hal.sim.rig import SimRig
 from hw.safety import Fault
-from hw.sim.plant import Load
-from hw.sim.rig import SimRig
 
 STEP_S = 20e-6  # observation step: finer than any relay edge
 CHECK_UA = 200.0
@@ -392,7 +392,7 @@ def test_every_sim_transfer_releases_the_gil_outside_the_board_lock(bench, monke
     simulated transfer yields the GIL once (a zero-timeout select(), a syscall that drops it), and
     not while it holds the board's lock (the threads that then run may need the board: a trip
     from the service thread)."""
-    import hw.sim.board as simboard
+    import hw.hal.sim.board as simboard
 
     bus = bench.sim.dac_bus if which == "dac" else bench.sim.adc_bus
     tx = (

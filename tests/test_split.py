@@ -1,10 +1,10 @@
 """The real-time process and its channel (issue 7): the messages, both ends in simulated time, and
 real ``kill -9`` of each of the two processes of a running daemon.
 
-In-process tests drive hw.rt.RtServer from a SimRig (its loop ticks in simulated time) over a real
-socketpair, with hw.rtlink.LoopProxy on the other end: the same code as the two processes, without
-the processes. The crash tests compare the board mirror's CLOCK_MONOTONIC stamps with the moment
-of the kill (as tests/test_crash.py does); no wall-clock bound on the test itself.
+In-process tests drive hw.control.rt.RtServer from a SimRig (its loop ticks in simulated time) over
+a real socketpair, with hw.service.rtlink.LoopProxy on the other end: the same code as the two
+processes, without the processes. The crash tests compare the board mirror's CLOCK_MONOTONIC stamps
+with the moment of the kill (as tests/test_crash.py does); no wall-clock bound on the test itself.
 """
 
 from __future__ import annotations
@@ -26,15 +26,15 @@ from daemon_helpers import (
     treatments,
 )
 
-from hw import rtchannel as C
 from hw.config import load_config
-from hw.loop import CommandRefused, OutputState
-from hw.rt import RtServer
-from hw.rtchannel import Cmd
-from hw.rtlink import LoopProxy
+from hw.control import channel as C
+from hw.control.channel import Cmd
+from hw.control.loop import CommandRefused, OutputState
+from hw.control.rt import RtServer
+from hw.control.waveform import WaveformSpec
+from hw.hal.sim.rig import SimRig
 from hw.safety import Fault
-from hw.sim.rig import SimRig
-from hw.waveform import WaveformSpec
+from hw.service.rtlink import LoopProxy
 
 CFG = load_config(env={})
 HEARTBEAT_S = CFG.loop.service_heartbeat_ms / 1000.0
@@ -219,8 +219,8 @@ def test_a_malformed_message_from_the_real_time_side_is_the_process_lost(split):
 
 
 def test_a_real_time_process_with_another_config_is_refused(split):
-    from hw.rt import config_digest
-    from hw.rtlink import RealtimeUnavailable
+    from hw.control.rt import config_digest
+    from hw.service.rtlink import RealtimeUnavailable
 
     split.rt_sock.send(C.hello(4242, 0.0005, config_digest(split.rig.cfg), "SCHED_FIFO 20"))
     split.proxy.wait_hello(config_digest(split.rig.cfg), timeout_s=1.0)

@@ -28,13 +28,13 @@ from daemon_helpers import (
     treatments,
 )
 
-from hw.board import build_board
-from hw.client import DaemonError
 from hw.clock import SimClock
 from hw.config import load_config
-from hw.daemon import Daemon as HwDaemon
-from hw.notify import Notifier
+from hw.hal.board import build_board
 from hw.safety import Fault
+from hw.service.client import DaemonError
+from hw.service.daemon import Daemon as HwDaemon
+from hw.service.notify import Notifier
 
 FAULTY = Path(__file__).resolve().parent / "helpers" / "faulty_daemon.py"
 WATCHDOG_USEC = 1_000_000  # the daemon pings every 0.5 s with this
@@ -377,7 +377,7 @@ def test_every_service_task_is_supervised(hw_daemon, monkeypatch, task, caplog):
         d._work = asyncio.Event()
         d._work.set()
     else:
-        import hw.daemon as daemon_module
+        import hw.service.daemon as daemon_module
 
         monkeypatch.setattr(daemon_module, "HOUSEKEEPING_PERIOD_S", 0.001)
         monkeypatch.setattr(d, "_housekeeping", boom)

@@ -2,7 +2,7 @@
 
 import time
 
-from hw import tickhist as th
+from hw.control import tickhist as th
 
 
 def test_every_duration_falls_in_the_bin_whose_edges_hold_it():
@@ -46,10 +46,10 @@ def test_a_window_is_the_difference_of_two_readings():
 def test_the_runner_counts_every_tick_and_the_snapshot_publishes_the_counts():
     """Every tick adds one gap; every full-rate tick (not the idle pace, where the runner waits
     on an event and lateness means nothing) adds one lateness, as its lateness deque does."""
-    from hw.board import build_sim_board
     from hw.clock import MonotonicClock
     from hw.config import load_config
-    from hw.loop import ControlLoop, LoopRunner
+    from hw.control.loop import ControlLoop, LoopRunner
+    from hw.hal.board import build_sim_board
 
     cfg = load_config(None)
     clock = MonotonicClock()

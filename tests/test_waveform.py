@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from hw.waveform import Waveform, WaveformSpec
+from hw.control.waveform import Waveform, WaveformSpec
 
 TICK_S = 0.0005  # the default 2 kHz loop
 

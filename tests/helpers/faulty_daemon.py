@@ -23,7 +23,8 @@ import sqlite3
 import sys
 import time
 
-from hw import daemon, history
+from hw import history
+from hw.service import daemon
 
 
 def _disk_error(*_args, **_kwargs):

@@ -38,8 +38,8 @@ from daemon_helpers import (  # noqa: E402
     subprocess_env,
 )
 
-from hw.client import Client  # noqa: E402
 from hw.safety import FAULT_TEXT, Fault  # noqa: E402
+from hw.service.client import Client  # noqa: E402
 from kiosk import strings as S  # noqa: E402
 
 # One scenario run is ~60-70 s on a quiet 2-core host; up to 3 when the host starves the kiosk.

@@ -1,4 +1,5 @@
-"""The service's stand-ins for the real-time process's Guard and board (hw/rtlink.py uses them).
+"""The service's stand-ins for the real-time process's Guard and board (hw/service/rtlink.py uses
+them).
 
 :class:`GuardProxy` shows the guard's latch as the real-time process last reported it and asks it
 for a trip; :class:`BoardProxy` gives the service what it used of the board: the buzzer (the
@@ -10,13 +11,13 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from hw import rtchannel as C
-from hw.loop import CommandRefused
-from hw.rtchannel import Cmd
+from hw.control import channel as C
+from hw.control.channel import Cmd
+from hw.control.loop import CommandRefused
 from hw.safety import FAULT_TEXT, Fault, FaultRecord
 
 if TYPE_CHECKING:
-    from hw.rtlink import LoopProxy
+    from hw.service.rtlink import LoopProxy
 
 
 class GuardProxy:

@@ -1,4 +1,5 @@
-"""A small synchronous client of the daemon's socket (used by hw.ctl, the kiosk and the tests).
+"""A small synchronous client of the daemon's socket (used by hw.tools.ctl, the kiosk and the
+tests).
 
 It sends requests, waits for the reply with the same id, and keeps the events and status lines
 that arrive meanwhile in ``events`` (bounded) and ``last_status``.
@@ -13,7 +14,7 @@ import socket
 import time
 from typing import Any
 
-from hw.protocol import PROTOCOL_VERSION
+from hw.service.protocol import PROTOCOL_VERSION
 
 
 class DaemonError(Exception):

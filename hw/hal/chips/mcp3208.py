@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from hw.bus import SpiBus, SpiFault
+from hw.hal.bus import SpiBus, SpiFault
 
 CODE_MAX = 4095
 

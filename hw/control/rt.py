@@ -1,9 +1,11 @@
-"""The real-time process: ``python -m hw.rt --channel-fd N [--sim] [--config P] [--board P]``.
+"""The real-time process: ``python -m hw.control.rt --channel-fd N [--sim] [--config P]
+[--board P]``.
 
-Started by the service (``python -m hw``, hw/daemon.py) as a fresh interpreter with one end of a
-SOCK_SEQPACKET socketpair (hw/rtchannel.py). It holds the board (SPI + GPIO, or the simulated
-board with its pin mirror), the Guard, the ControlLoop on its SCHED_FIFO LoopRunner thread and the
-Supervisor, and nothing else: no asyncio, no JSON, no SQLite, no client socket, no other thread.
+Started by the service (``python -m hw``, hw/service/daemon.py) as a fresh interpreter with one end
+of a SOCK_SEQPACKET socketpair (hw/control/channel.py). It holds the board (SPI + GPIO, or the
+simulated board with its pin mirror), the Guard, the ControlLoop on its SCHED_FIFO LoopRunner thread
+and the Supervisor, and nothing else: no asyncio, no JSON, no SQLite, no client socket, no other
+thread.
 
 The channel is served on the loop's own thread, by the runner's hooks: before each tick at most
 ``MAX_MESSAGES_PER_TICK`` commands are taken (non-blocking) and handed to the loop, which checks
@@ -37,11 +39,11 @@ import threading
 import time
 from collections.abc import Callable
 
-from hw import rtchannel as C
+from hw.control import channel as C
+from hw.control.channel import Cmd
 from hw.journal import setup_logging
-from hw.rtchannel import Cmd
 
-log = logging.getLogger("hw.rt")
+log = logging.getLogger("hw.control.rt")
 
 MAX_MESSAGES_PER_TICK = 8  # commands taken per tick: bounds the tick's channel work
 HIST_EVERY_TICKS = 1000  # the runner's timing histograms go to the service twice a second
@@ -182,8 +184,8 @@ class RtServer:
         return C.event(t, kind, num, text=text)
 
     def _apply(self, m: C.Command) -> None:
-        from hw.loop import ACTIVE, CommandRefused
-        from hw.waveform import WaveformSpec
+        from hw.control.loop import ACTIVE, CommandRefused
+        from hw.control.waveform import WaveformSpec
 
         loop, c = self.loop, m.cmd
         if c == Cmd.BEAT:
@@ -235,12 +237,12 @@ class RtServer:
         self._replies.append(C.reply(m.seq, ok, time.monotonic(), text))
 
     def _sim(self, c: Cmd, name: str) -> str:
-        from hw.loop import CommandRefused
+        from hw.control.loop import CommandRefused
 
         sim = self.board.sim
         if sim is None:
             raise CommandRefused("sim works only with the simulated board (--sim)")
-        from hw.sim.board import FAULTS, SKINS
+        from hw.hal.sim.board import FAULTS, SKINS
 
         if c == Cmd.SIM_SKIN:
             if name not in SKINS:
@@ -265,7 +267,9 @@ def _pdeathsig() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m hw.rt", description="the real-time process")
+    ap = argparse.ArgumentParser(
+        prog="python -m hw.control.rt", description="the real-time process"
+    )
     ap.add_argument("--channel-fd", type=int, required=True)
     ap.add_argument("--parent-pid", type=int, default=0)
     ap.add_argument("--config")
@@ -279,11 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         log.error("RT the service is already gone; not starting")
         return 1
     sock = socket.socket(fileno=args.channel_fd)
-    from hw.board import BoardUnavailable, build_board
-    from hw.boardfile import board_path_for
     from hw.clock import MonotonicClock
     from hw.config import ConfigError, load_config
-    from hw.loop import ACTIVE, ControlLoop, LoopRunner, Supervisor
+    from hw.config.boardfile import board_path_for
+    from hw.control.loop import ACTIVE, ControlLoop, LoopRunner, Supervisor
+    from hw.hal.board import BoardUnavailable, build_board
     from hw.safety import Fault, Guard
 
     try:

@@ -4,8 +4,8 @@ Three files make one configuration:
 
 * the packaged defaults (``config/default.yaml``, shipped as ``hw/default.yaml``): limits, loop,
   the self-test's tolerances, programs, ui;
-* the board file (``hw.boardfile``): what describes one board as built (SPI, pins, ADC channels,
-  front-end scale factors), written by the calibration step and protected by a checksum;
+* the board file (``hw.config.boardfile``): what describes one board as built (SPI, pins, ADC
+  channels, front-end scale factors), written by the calibration step and protected by a checksum;
 * an optional site file, merged over the defaults (mappings key by key, lists replaced whole). It
   may set ``ui`` and ``programs``, and may move a limit only in its safer direction from the
   packaged value (``SAFER``); it can never touch the board's keys.
@@ -28,9 +28,9 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError
 from pydantic_core import PydanticCustomError
 
-from hw import boardfile
-from hw.boardfile import BOARD_SECTIONS
-from hw.yamlfile import (  # noqa: F401 - ConfigError and Problem are part of this module's API
+from hw.config import boardfile
+from hw.config.boardfile import BOARD_SECTIONS
+from hw.config.yamlfile import (  # noqa: F401 - ConfigError and Problem are part of this module's API
     _MISSING,
     ConfigError,
     Problem,
@@ -577,8 +577,8 @@ def load_config(
 
     ``site_path`` falls back to the ``MCK_CONFIG`` environment variable; with neither, the defaults
     are used alone. ``board_path`` falls back to ``MCK_BOARD``, then to the packaged board file of
-    the simulated board (the daemon on real hardware passes ``hw.boardfile.board_path_for``, which
-    never falls back to the sim). Raises :class:`ConfigError` listing every problem found.
+    the simulated board (the daemon on real hardware passes ``hw.config.boardfile.board_path_for``,
+    which never falls back to the sim). Raises :class:`ConfigError` listing every problem found.
     """
     env = os.environ if env is None else env
     dpath = Path(default_path) if default_path else default_config_path()

@@ -38,11 +38,11 @@ from enum import StrEnum
 from typing import Protocol
 
 from hw.config import Config, Program, Step
-from hw.levels import level_to_ua
-from hw.loop import CommandRefused, ControlLoop, OutputState
+from hw.control.levels import level_to_ua
+from hw.control.loop import CommandRefused, ControlLoop, OutputState
+from hw.control.tickhist import sparse
+from hw.control.waveform import WaveformSpec
 from hw.safety import Fault
-from hw.tickhist import sparse
-from hw.waveform import WaveformSpec
 
 log = logging.getLogger("hw")
 
@@ -743,8 +743,9 @@ class Engine:
                 "ticks": snap.ticks if snap else 0,
                 "overruns": snap.overruns if snap else 0,
                 "gap_max_ms": round(snap.gap_max_ms, 3) if snap else 0.0,
-                # Every tick since start: [[bin's lower edge in us, count], ...] (hw.tickhist),
-                # start lateness and gap between starts; subtract two readings for a window.
+                # Every tick since start: [[bin's lower edge in us, count], ...]
+                # (hw.control.tickhist), start lateness and gap between starts; subtract two
+                # readings for a window.
                 "late_us_hist": sparse(snap.late_hist) if snap else [],
                 "gap_us_hist": sparse(snap.gap_hist) if snap else [],
             },

@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from hw.yamlfile import _MISSING, ConfigError, Problem, _read_yaml
+from hw.config.yamlfile import _MISSING, ConfigError, Problem, _read_yaml
 
 FORMAT = 1
 DEFAULT_BOARD_PATH = Path("/etc/microcurrent-kiosk/board.yaml")

@@ -12,12 +12,12 @@ time for ``LOAD_S`` while, all at once:
     a second it also reads ``status``. A fault is counted, acknowledged, and the treatment started
     again, so ``load_trips`` counts every trip of the run.
 
-The loop's own figures come from the daemon's ``status`` ``loop`` object (hw.tickhist histograms,
-read when the load starts and when it ends; their difference is the load's window). A daemon
-without them (fc60cf5) reports ``null`` for those keys.
+The loop's own figures come from the daemon's ``status`` ``loop`` object (hw.control.tickhist
+histograms, read when the load starts and when it ends; their difference is the load's window). A
+daemon without them (fc60cf5) reports ``null`` for those keys.
 
 CPU figures of the daemon are read from /proc (utime + stime, children included: the daemon's
-process and every descendant, see hw.proctree). Prints a table, then one JSON line last.
+process and every descendant, see hw.bench.proctree). Prints a table, then one JSON line last.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hw.proctree import kill_leftovers, tree, tree_cpu_s
+from hw.bench.proctree import kill_leftovers, tree, tree_cpu_s
 
 LOAD_S = 120.0
 HOGS = 3
@@ -71,7 +71,7 @@ def _pipeliner(path: str, stop, n: int, out) -> None:
 
 
 def _history_client(path: str, stop, out) -> None:
-    from hw.client import Client
+    from hw.service.client import Client
 
     ok, errors, ms = 0, [], []
     c = None
@@ -118,7 +118,7 @@ def _end_mp(p, stop) -> None:
 
 def _loop(status: dict) -> dict | None:
     """The status's ``loop`` object with dense histograms, or None (a daemon without it)."""
-    from hw import tickhist as th
+    from hw.control import tickhist as th
 
     lp = status.get("loop")
     if not isinstance(lp, dict) or "ticks" not in lp:
@@ -135,7 +135,7 @@ def _loop(status: dict) -> dict | None:
 
 def loop_window(before: dict | None, after: dict | None) -> dict:
     """The loop's figures between two ``status`` readings (None where the daemon has none)."""
-    from hw import tickhist as th
+    from hw.control import tickhist as th
 
     out = {"ticks": None, "overruns": None, "gap_ms_max": None, "gap_how": "n/a"}
     out |= {"late_us_p999": None, "late_us_max": None}

@@ -1,14 +1,15 @@
 """The service's side of the real-time process: spawn it, and stand in for its loop.
 
-:func:`spawn_realtime` starts ``python -m hw.rt`` over a SOCK_SEQPACKET socketpair
-(hw/rtchannel.py) and waits for its hello (the config digest must match the service's own).
+:func:`spawn_realtime` starts ``python -m hw.control.rt`` over a SOCK_SEQPACKET socketpair
+(hw/control/channel.py) and waits for its hello (the config digest must match the service's own).
 :class:`LoopProxy` then gives the engine and the daemon what a ControlLoop, its Guard, its board,
 its LoopRunner and its Supervisor gave them in one process: ``start``/``stop``/``set_target``/...
-raise :class:`~hw.loop.CommandRefused` as before (each waits for the real-time process's answer,
-normally within one tick; ``REPLY_TIMEOUT_S`` at most), and ``state``, ``snapshot``, ``contact``,
-``post_result``, ``guard.fault``/``alarm``/``post_valid``/``tripped`` follow the messages it
-publishes. Everything runs on the service's thread: :meth:`LoopProxy.poll` drains the channel
-(the asyncio loop calls it when the socket is readable; a command waiting for its reply calls it).
+raise :class:`~hw.control.loop.CommandRefused` as before (each waits for the real-time process's
+answer, normally within one tick; ``REPLY_TIMEOUT_S`` at most), and ``state``, ``snapshot``,
+``contact``, ``post_result``, ``guard.fault``/``alarm``/``post_valid``/``tripped`` follow the
+messages it publishes. Everything runs on the service's thread: :meth:`LoopProxy.poll` drains the
+channel (the asyncio loop calls it when the socket is readable; a command waiting for its reply
+calls it).
 
 The real-time process is lost (EOF, a malformed message, no answer in time, no state for
 ``RT_SILENT_S``, or its exit): the proxy latches INTERNAL locally, SIGKILLs the process if it still
@@ -28,11 +29,11 @@ import sys
 import time
 from collections.abc import Callable
 
-from hw import rtchannel as C
-from hw.loop import CommandRefused, OutputState, Snapshot
-from hw.rtchannel import Cmd
-from hw.rtstandins import BoardProxy, GuardProxy
+from hw.control import channel as C
+from hw.control.channel import Cmd
+from hw.control.loop import CommandRefused, OutputState, Snapshot
 from hw.safety import FAULT_TEXT, Fault, FaultRecord
+from hw.service.rtstandins import BoardProxy, GuardProxy
 
 HELLO_TIMEOUT_S = 20.0  # a cold start of the interpreter, the config and the board
 REPLY_TIMEOUT_S = 0.5  # a real-time process that does not answer in this is lost
@@ -402,16 +403,17 @@ def spawn_realtime(
     sim_mirror: str | None = None,
     keep_fds: tuple[int, ...] = (),
 ) -> LoopProxy:
-    """Start ``python -m hw.rt`` and return its proxy once it said hello with ``cfg``'s digest.
-    ``keep_fds`` (the socket lock) stay open in it: a new daemon cannot start while it lives."""
-    from hw.rt import config_digest
+    """Start ``python -m hw.control.rt`` and return its proxy once it said hello with ``cfg``'s
+    digest. ``keep_fds`` (the socket lock) stay open in it: a new daemon cannot start while it
+    lives."""
+    from hw.control.rt import config_digest
 
     mine, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     for s, opt in ((theirs, socket.SO_SNDBUF), (mine, socket.SO_RCVBUF)):
         # Room for about a second of states and events while the service is busy (the kernel
         # caps it at net.core.[rw]mem_max); what does not fit is dropped and counted there.
         s.setsockopt(socket.SOL_SOCKET, opt, CHANNEL_BUFFER_BYTES)
-    argv = [sys.executable, "-m", "hw.rt", "--channel-fd", str(theirs.fileno())]
+    argv = [sys.executable, "-m", "hw.control.rt", "--channel-fd", str(theirs.fileno())]
     argv += ["--parent-pid", str(os.getpid())]
     if site_config:
         argv += ["--config", str(site_config)]

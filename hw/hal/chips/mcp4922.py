@@ -10,14 +10,14 @@ Write command, 16 bits, MSB first, latched on the rising edge of /CS (LDAC tied 
 
 The chip never answers on MISO, so nothing can be read back; "what the DAC holds" is known only by
 what was last written, which is why the control loop re-writes the setpoint every tick and the
-simulated board (hw.sim) decodes the words the way the chip does.
+simulated board (hw.hal.sim) decodes the words the way the chip does.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from hw.bus import SpiBus
+from hw.hal.bus import SpiBus
 
 CHANNEL_A = 0
 CHANNEL_B = 1

@@ -16,10 +16,10 @@ from time import perf_counter
 
 from gpiozero.pins.mock import MockFactory, MockPin
 
-from hw.chips import mcp3208, mcp4922
 from hw.clock import Clock
 from hw.config import Config
-from hw.sim.plant import DAMP_SKIN, DRY_SKIN, SKIN, SWEATY_SKIN, Load, Plant
+from hw.hal.chips import mcp3208, mcp4922
+from hw.hal.sim.plant import DAMP_SKIN, DRY_SKIN, SKIN, SWEATY_SKIN, Load, Plant
 
 SKINS = ("normal", "damp", "dry", "sweaty")
 _SKIN_LOADS = {"normal": SKIN, "damp": DAMP_SKIN, "dry": DRY_SKIN, "sweaty": SWEATY_SKIN}
@@ -227,11 +227,11 @@ class SimBoard:
         self.led_on = False
         self.plant.on_relay_change = self._relay_changed
         self.plant.on_latch_change = self._latch_changed
-        self.mirror = None  # hw.sim.mirror.Mirror, when other processes must see the pins
+        self.mirror = None  # hw.hal.sim.mirror.Mirror, when other processes must see the pins
         self.plant.advance(clock.now())
 
     def attach_mirror(self, path) -> None:
-        from hw.sim.mirror import Mirror
+        from hw.hal.sim.mirror import Mirror
 
         self.mirror = Mirror(path, self.plant.deadman_s)
         self._write_mirror(self.clock.now())

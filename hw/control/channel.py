@@ -25,16 +25,16 @@ import struct
 from enum import IntEnum
 from typing import NamedTuple
 
-from hw.loop import OutputState
+from hw.control.loop import OutputState
+from hw.control.tickhist import BINS
 from hw.safety import Fault
-from hw.tickhist import BINS
 
-HIST_BINS = BINS  # the runner's histograms (hw.tickhist)
+HIST_BINS = BINS  # the runner's histograms (hw.control.tickhist)
 TEXT_MAX = 200  # bytes of UTF-8: CommandRefused reasons, fault details, event texts
 NAME_MAX = 32  # bytes: fault codes, event kinds, self-test steps, sim fault names
 
 COMMAND, HELLO, REPLY, STATE, EVENT, FAULT, POST = 0x01, 0x10, 0x11, 0x12, 0x13, 0x14, 0x15
-HIST = 0x16  # the runner's timing histograms (hw/tickhist.py), a few times a second
+HIST = 0x16  # the runner's timing histograms (hw/control/tickhist.py), a few times a second
 
 STATES = list(OutputState)
 FAULTS = list(Fault)
@@ -170,7 +170,7 @@ class Event(NamedTuple):
 
 
 class HistMsg(NamedTuple):
-    late: tuple[int, ...]  # tick-start lateness, per hw.tickhist bin
+    late: tuple[int, ...]  # tick-start lateness, per hw.control.tickhist bin
     gap: tuple[int, ...]  # time between tick starts, per bin
 
 

@@ -33,11 +33,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
-from hw.chips.mcp4922 import CHANNEL_B, DacWord
+from hw.hal.chips.mcp4922 import CHANNEL_B, DacWord
 from hw.safety import Fault
 
 if TYPE_CHECKING:
-    from hw.loop import ControlLoop
+    from hw.control.loop import ControlLoop
 
 
 class PostFailure(Exception):

@@ -1,8 +1,8 @@
 """Reading the configuration's YAML files, and the errors that name a file and a key.
 
-Shared by ``hw.config`` (defaults and site file) and ``hw.boardfile``: a SafeLoader that refuses
-duplicate and non-scalar keys, the deep merge that records which file supplied every key path, and
-the text of each finding. Nothing here is read at import time.
+Shared by ``hw.config`` (defaults and site file) and ``hw.config.boardfile``: a SafeLoader that
+refuses duplicate and non-scalar keys, the deep merge that records which file supplied every key
+path, and the text of each finding. Nothing here is read at import time.
 """
 
 from __future__ import annotations
@@ -152,7 +152,7 @@ def _allowed_text(err: dict) -> str:
             "greater_than": "above",
         }
         limit = next(iter(ctx.values())) if ctx else "?"
-        return f"must be {bounds[kind]} {limit} (a ceiling in hw/config.py)"
+        return f"must be {bounds[kind]} {limit} (a ceiling in hw/config/__init__.py)"
     if kind == "literal_error":
         return f"must be one of {ctx['expected']}" if "expected" in ctx else err["msg"]
     return err["msg"]

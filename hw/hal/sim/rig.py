@@ -7,12 +7,12 @@ frozen process (nothing runs, only the hardware dead-man acts).
 
 from __future__ import annotations
 
-from hw.board import build_sim_board
 from hw.clock import SimClock
 from hw.config import Config, load_config
-from hw.loop import ControlLoop, OutputState, Supervisor
+from hw.control.loop import ControlLoop, OutputState, Supervisor
+from hw.control.waveform import WaveformSpec
+from hw.hal.board import build_sim_board
 from hw.safety import Guard
-from hw.waveform import WaveformSpec
 
 
 class SimRig:

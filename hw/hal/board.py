@@ -1,8 +1,9 @@
 """One typed hardware interface with a real and a simulated backend behind one factory.
 
 A :class:`Board` is what the control loop drives: the DAC and ADC drivers (over a bus), the GPIO
-lines (over a pin factory) and, on the simulated backend, the :class:`~hw.sim.board.SimBoard` for
-fault injection. ``build_board(cfg, sim=False)`` refuses to start off the Pi rather than pretend.
+lines (over a pin factory) and, on the simulated backend, the :class:`~hw.hal.sim.board.SimBoard`
+for fault injection. ``build_board(cfg, sim=False)`` refuses to start off the Pi rather than
+pretend.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hw.bus import CheckedBus, SpiFault, open_spidev
-from hw.chips.mcp3208 import Mcp3208
-from hw.chips.mcp4922 import Mcp4922
 from hw.clock import Clock, MonotonicClock
 from hw.config import Config
-from hw.lines import Lines
+from hw.hal.bus import CheckedBus, SpiFault, open_spidev
+from hw.hal.chips.mcp3208 import Mcp3208
+from hw.hal.chips.mcp4922 import Mcp4922
+from hw.hal.lines import Lines
 
 
 class BoardUnavailable(RuntimeError):
@@ -29,7 +30,7 @@ class Board:
     adc: Mcp3208
     lines: Lines
     zero_code: int  # DAC A code for 0 uA
-    sim: object | None = None  # hw.sim.board.SimBoard on the simulated backend
+    sim: object | None = None  # hw.hal.sim.board.SimBoard on the simulated backend
     # Serialises SPI between the loop and a trip() from another thread.
     bus_lock: threading.Lock = field(default_factory=threading.Lock)
     _closed: bool = False
@@ -55,7 +56,7 @@ class Board:
 
 
 def build_sim_board(cfg: Config, clock: Clock, seed: int = 1) -> Board:
-    from hw.sim.board import SimBoard
+    from hw.hal.sim.board import SimBoard
 
     sim = SimBoard(cfg, clock, seed=seed)
     lines = Lines(cfg.hardware.pins, pin_factory=sim.factory)

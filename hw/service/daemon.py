@@ -3,10 +3,10 @@
 Two processes (docs/architecture.md). This one, the service, is the unit's main process: the
 Unix socket, the treatment engine at 50 Hz, the status stream at 20 Hz, sd_notify (the
 ``service`` asyncio thread; it never blocks: history goes through the ``history`` thread, the only
-one that opens SQLite). It starts the real-time process, ``python -m hw.rt`` (hw/rt.py: the board,
-the ControlLoop on its real-time thread, the Supervisor), and talks to it through
-hw.rtlink.LoopProxy, which the engine uses as it used the loop. ``Daemon(..., rt=None)`` runs the
-loop in this process instead (in-process tests, parts of the bench).
+one that opens SQLite). It starts the real-time process, ``python -m hw.control.rt``
+(hw/control/rt.py: the board, the ControlLoop on its real-time thread, the Supervisor), and talks to
+it through hw.service.rtlink.LoopProxy, which the engine uses as it used the loop. ``Daemon(...,
+rt=None)`` runs the loop in this process instead (in-process tests, parts of the bench).
 
 Start-up: config (a bad one exits with code 2 before any hardware is touched), socket lock, the
 real-time process (its board: output enable low at construction; exit 3 without one), history
@@ -37,15 +37,10 @@ import threading
 import time
 from pathlib import Path
 
-from hw import protocol as P
-from hw.board import Board
-from hw.boardfile import board_path_for
 from hw.clock import MonotonicClock
 from hw.config import Config, ConfigError, load_config
-from hw.engine import Engine, EngineRefused, State
-from hw.history import History, HistoryError, TreatmentSummary, ZoneSummary
-from hw.journal import log_realtime, setup_logging
-from hw.loop import (
+from hw.config.boardfile import board_path_for
+from hw.control.loop import (
     ACTIVE,
     CommandRefused,
     ControlLoop,
@@ -53,7 +48,12 @@ from hw.loop import (
     OutputState,
     Supervisor,
 )
+from hw.hal.board import Board
+from hw.history import History, HistoryError, TreatmentSummary, ZoneSummary
+from hw.journal import log_realtime, setup_logging
 from hw.safety import Fault, Guard
+from hw.service import protocol as P
+from hw.service.engine import Engine, EngineRefused, State
 
 log = logging.getLogger("hw")
 
@@ -391,7 +391,7 @@ class Daemon:
         self.state_dir = state_dir
         self.notifier = notifier
         # Two backends behind one interface: the loop in this process (tests, the bench), or
-        # ``rt``, the hw.rtlink.LoopProxy of the real-time process (``python -m hw``).
+        # ``rt``, the hw.service.rtlink.LoopProxy of the real-time process (``python -m hw``).
         self.rt = rt
         self.exit_code = 0
         if rt is None:
@@ -492,8 +492,9 @@ class Daemon:
         self.recorder.event("fault", str(Fault.INTERNAL), why, tr.treatment_id if tr else None)
 
     def _realtime_lost(self, why: str) -> None:
-        """The real-time process died or misbehaved (hw.rtlink): the dead-man opens the relay.
-        Report it, stop the watchdog pings, and exit non-zero soon (systemd restarts the unit)."""
+        """The real-time process died or misbehaved (hw.service.rtlink): the dead-man opens the
+        relay. Report it, stop the watchdog pings, and exit non-zero soon (systemd restarts the
+        unit)."""
         if self.rt.stopping:
             return
         msg = f"real-time process ended: {why}"
@@ -978,7 +979,7 @@ class Daemon:
         sim = self.board.sim
         if sim is None:
             raise P.ProtocolError(P.NOT_SIM, "sim works only with the simulated board (--sim)")
-        from hw.sim.board import FAULTS, SKINS  # the sim package is only needed with --sim
+        from hw.hal.sim.board import FAULTS, SKINS  # the sim package is only needed with --sim
 
         action = a["action"]
         if action in ("inject", "clear"):
@@ -1299,7 +1300,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sim-mirror", help="(sim) mirror the board's pins into this file")
     args = ap.parse_args(argv)
     setup_logging(sys.stdout)  # <N> priority prefixes when stdout is the journal
-    from hw.notify import Notifier
+    from hw.service.notify import Notifier
 
     notifier = Notifier()
     try:
@@ -1328,8 +1329,8 @@ def main(argv: list[str] | None = None) -> int:
         log.error("STATE cannot use %s: %s", state_dir, e)
         return 4
     # The board, the loop, the guard and the supervisor live in the real-time process
-    # (hw/rt.py); it holds the socket lock too, so no second daemon starts while it lives.
-    from hw.rtlink import RealtimeUnavailable, spawn_realtime
+    # (hw/control/rt.py); it holds the socket lock too, so no second daemon starts while it lives.
+    from hw.service.rtlink import RealtimeUnavailable, spawn_realtime
 
     try:
         rt = spawn_realtime(

@@ -22,8 +22,8 @@ import math
 import random
 from dataclasses import dataclass
 
-from hw.chips.mcp4922 import CHANNEL_A, CHANNEL_B, DacWord
 from hw.config import Config
+from hw.hal.chips.mcp4922 import CHANNEL_A, CHANNEL_B, DacWord
 
 OPEN_OHM = 20e6  # leakage of lifted electrodes: a current source into it sits at compliance
 # Contact bounce: the intervals (fractions of relay_bounce_s after first touch) during which the

@@ -40,14 +40,14 @@ from collections.abc import Callable, Iterator, Sequence
 from enum import StrEnum
 from typing import NamedTuple
 
-from hw.board import Board
-from hw.bus import SpiFault
 from hw.clock import Clock
 from hw.config import Config
-from hw.post import post_sequence
+from hw.control.tickhist import TickHistogram, bin_of
+from hw.control.waveform import Waveform, WaveformSpec
+from hw.hal.board import Board
+from hw.hal.bus import SpiFault
 from hw.safety import Fault, Guard
-from hw.tickhist import TickHistogram, bin_of
-from hw.waveform import Waveform, WaveformSpec
+from hw.safety.selftest import post_sequence
 
 
 class OutputState(StrEnum):
@@ -115,9 +115,10 @@ class Snapshot(NamedTuple):
     ticks: int
     overruns: int
     gap_max_ms: float  # worst time between two tick starts since the loop began
-    # The runner's histograms (hw.tickhist counts since it started) of tick-start lateness and of
-    # the gap between tick starts: its live arrays, not copies (a copy would cost ~5 us a publish;
-    # counts only grow, so whoever copies them gets a valid reading). Empty without a runner.
+    # The runner's histograms (hw.control.tickhist counts since it started) of tick-start lateness
+    # and of the gap between tick starts: its live arrays, not copies (a copy would cost ~5 us a
+    # publish; counts only grow, so whoever copies them gets a valid reading). Empty without a
+    # runner.
     late_hist: Sequence[int] = ()
     gap_hist: Sequence[int] = ()
 

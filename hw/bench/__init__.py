@@ -24,10 +24,10 @@ import sys
 import time
 
 from hw.config import Config, load_config
-from hw.loop import OutputState
-from hw.sim.plant import SKIN, Load
-from hw.sim.rig import SimRig
-from hw.waveform import WaveformSpec
+from hw.control.loop import OutputState
+from hw.control.waveform import WaveformSpec
+from hw.hal.sim.plant import SKIN, Load
+from hw.hal.sim.rig import SimRig
 
 TRIAL_PHASES = (0.0, 0.13, 0.37, 0.61, 0.89)  # sub-tick offsets of the injection, in ticks
 
@@ -41,9 +41,9 @@ def _pct(values: list[float], q: float) -> float:
 
 # --------------------------------------------------------------------------- real-time loop timing
 def loop_timing(cfg: Config, seconds: float) -> dict:
-    from hw.board import build_sim_board
     from hw.clock import MonotonicClock
-    from hw.loop import ControlLoop, LoopRunner, Supervisor
+    from hw.control.loop import ControlLoop, LoopRunner, Supervisor
+    from hw.hal.board import build_sim_board
     from hw.safety import Guard
 
     clock = MonotonicClock()
@@ -286,7 +286,7 @@ def lift_off_balance(cfg: Config, seconds: float = 120.0, seed: int = 7) -> dict
     charge in % of the charge delivered (plant ground truth), and whether anything tripped."""
     import random
 
-    from hw.levels import level_to_ua
+    from hw.control.levels import level_to_ua
 
     step = cfg.program("full-face-lift").steps[0]
     spec = WaveformSpec(step.frequency_hz, step.pulse_width_ms)
@@ -366,11 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config", help="site config merged over the defaults")
     ap.add_argument("--seconds", type=float, help="real-time loop run (s; default 5, --load 120)")
     ap.add_argument("--quick", action="store_true", help="1 s real-time run (for tests)")
-    ap.add_argument("--load", action="store_true", help="the load benchmark (hw/bench_load.py)")
+    ap.add_argument("--load", action="store_true", help="the load benchmark (hw/bench/load.py)")
     args = ap.parse_args(argv)
     SETUP_TRIPS.clear()
     if args.load:
-        from hw.bench_load import run
+        from hw.bench.load import run
 
         return run(args.quick, args.seconds)
     cfg = load_config(args.config)
@@ -583,15 +583,15 @@ def _rss_kb(pid: int) -> int:
 def spawned_daemon(state_dir, client_name: str = "bench"):
     """A real daemon process (``python -m hw --sim``) with its socket and state in ``state_dir``.
 
-    Yields ``(process, socket path, client)``: a hw.client Client named ``client_name``, once the
-    daemon reports ``ready``. On exit (also on an exception or Ctrl-C) the daemon is terminated
-    and waited for (killed after 10 s).
+    Yields ``(process, socket path, client)``: a hw.service.client Client named ``client_name``,
+    once the daemon reports ``ready``. On exit (also on an exception or Ctrl-C) the daemon is
+    terminated and waited for (killed after 10 s).
     """
     import os
     import subprocess
     from pathlib import Path
 
-    from hw.client import Client
+    from hw.service.client import Client
 
     sock = Path(state_dir) / "hw.sock"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
@@ -627,8 +627,8 @@ def daemon_process_figures(rtt_requests: int, cpu_s: float = 10.0) -> dict:
     daemon and its child processes use over ``cpu_s`` with the output off, then treating."""
     import tempfile
 
-    from hw import proctree
-    from hw.proctree import tree_cpu_pct
+    from hw.bench import proctree
+    from hw.bench.proctree import tree_cpu_pct
 
     with tempfile.TemporaryDirectory() as tmp:
         with spawned_daemon(tmp) as (proc, _sock, c):
@@ -646,7 +646,7 @@ def daemon_process_figures(rtt_requests: int, cpu_s: float = 10.0) -> dict:
                 c.request("status")
                 rtt.append((time.perf_counter() - t0) * 1000.0)
             status = c.request("status")
-            # Both processes of the daemon: the service and its real-time child (hw.rt).
+            # Both processes of the daemon: the service and its real-time child (hw.control.rt).
             rss_service_kb = _rss_kb(proc.pid)
             rss_rt_kb = sum(_rss_kb(pid) for pid in proctree.tree(proc.pid) if pid != proc.pid)
             c.request("stop")
@@ -818,7 +818,7 @@ def _flood_main(kind: str, sock_path: str, stop) -> None:
 
 
 def run_floods(sock_path, kiosk, kinds=tuple(FLOODS), seconds: float = FLOOD_S) -> dict:
-    """Each flood of ``kinds`` in turn on its own connection(s) while ``kiosk`` (a hw.client
+    """Each flood of ``kinds`` in turn on its own connection(s) while ``kiosk`` (a hw.service.client
     Client holding the lease of a running treatment) renews it every 100 ms.
 
     Returns per flood: the kiosk's round trips (ms), whether every renewal answered
@@ -912,12 +912,12 @@ def command_to_dac(cfg: Config, changes: int) -> dict:
     import threading
     from pathlib import Path
 
-    from hw.boardfile import sim_board_path
-    from hw.client import Client
     from hw.clock import MonotonicClock
-    from hw.daemon import Daemon
-    from hw.notify import Notifier
-    from hw.rtlink import spawn_realtime
+    from hw.config.boardfile import sim_board_path
+    from hw.service.client import Client
+    from hw.service.daemon import Daemon
+    from hw.service.notify import Notifier
+    from hw.service.rtlink import spawn_realtime
 
     with tempfile.TemporaryDirectory() as tmp:
         clock = MonotonicClock()
@@ -959,7 +959,3 @@ def command_to_dac(cfg: Config, changes: int) -> dict:
             d.request_stop()
             t.join(10)
             d.shutdown()
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -2,7 +2,8 @@
 
 Drivers only call ``xfer2``, ``close`` and set ``max_speed_hz`` / ``mode``. The real bus is
 ``spidev.SpiDev`` opened by :func:`open_spidev` (only on the Pi, only when asked); the simulated
-board provides chip models with the same members (hw.sim.board). Nothing opens a device at import.
+board provides chip models with the same members (hw.hal.sim.board). Nothing opens a device at
+import.
 """
 
 from __future__ import annotations
