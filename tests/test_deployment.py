@@ -101,8 +101,8 @@ def test_hw_files_are_owner_only_and_the_socket_stays_reachable(hw, kiosk):
     # x lets the kiosk (in Group=) reach the socket, which the daemon chmods to 0660.
     assert hw.get("Service", "RuntimeDirectoryMode") == "0750"
     assert hw.get("Service", "Group") in kiosk.words("Service", "SupplementaryGroups")
-    daemon_src = (ROOT / "hw" / "daemon.py").read_text()
-    assert "os.chmod(path, 0o660)" in daemon_src  # the socket's mode does not come from umask
+    service_src = "".join(p.read_text() for p in (ROOT / "hw" / "service").glob("*.py"))
+    assert "os.chmod(path, 0o660)" in service_src  # the socket's mode does not come from umask
 
 
 def test_hw_syscall_filter_and_wx_memory(hw):
