@@ -46,9 +46,6 @@ class KioskApp(App):
         self.title = "Microcurrent kiosk"
 
     def build(self):
-        from kiosk.widgets import fresh_label_textures
-
-        fresh_label_textures()  # before any label renders
         root = Builder.load_string("KioskRoot:")
         sm: ScreenManager = root.ids.sm
         sm.transition = NoTransition()  # a still screen costs nothing; no motion without change

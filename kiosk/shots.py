@@ -172,10 +172,6 @@ def interact(name: str, vm, root, checks: dict) -> float:
         tap(hold, hold_s=2.0)  # held longer than ACK_HOLD_S: acknowledge
         return 2.3
     elif name == "treatment":
-        pause = find(root, S.PAUSE)
-        before = pause.texture
-        pause.texture_update()  # re-rendered at the same size: a new texture, never a rewrite
-        checks["label_rerender_new_texture"] = pause.texture is not before
         for text, cmd in (("+", "level_up"), ("−", "level_down"), (S.STOP, "stop")):
             tap(find(root, text))
             checks[f"tap_{cmd}"] = link.sent[-1] == cmd

@@ -24,30 +24,6 @@ from kiosk import theme
 Builder.load_file(os.path.join(os.path.dirname(__file__), "widgets.kv"))
 
 
-def fresh_label_textures() -> None:
-    """Every re-rendered text gets a new texture instead of being written into its old one.
-
-    Writing into a texture that already-submitted frames still draw makes the GL finish those
-    frames first. On Mesa's software rasterizer (no GPU, the offscreen window of the tests and the
-    bench) that finish was the whole backlog of frames it had not rasterized yet: 0.1-5 s of the UI
-    thread in one label change ("Pause" -> "Resume", "Step 1 of 1"), measured 2026-12-02 with a
-    timer around Texture.blit_data; the lease lapsed. A new texture has no pending reader, so no
-    wait; the old one is freed with its last reference. Idempotent; call before the first frame.
-    """
-    from kivy.core.text import LabelBase
-
-    if getattr(LabelBase, "_kiosk_fresh_textures", False):
-        return
-    reuse = LabelBase.refresh
-
-    def refresh(self) -> None:
-        self.texture = None  # LabelBase.refresh creates a texture when it has none
-        reuse(self)
-
-    LabelBase.refresh = refresh
-    LabelBase._kiosk_fresh_textures = True
-
-
 class KButton(Button):
     """A flat rounded button; darker while pressed (the tap answers within one frame)."""
 
