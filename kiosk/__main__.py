@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         for opt in Config.options("input"):
             Config.remove_option("input", opt)
     else:
-        Config.set("graphics", "width", str(w + (300 if args.sim_panel else 0)))
-        Config.set("graphics", "height", str(h))
+        from kiosk.display import configure_window
+
+        configure_window(w + (300 if args.sim_panel else 0), h)
         Config.set("graphics", "resizable", "1")
     from kivy.core.window import Window
 

@@ -76,14 +76,9 @@ class KioskApp(App):
 
         Digits.prewarm((sp(theme.DIGITS_SP), sp(80)))  # the treatment screen's countdowns, level
         Window.bind(on_touch_down=lambda *_: self.vm.touched())
-        if os.environ.get("SDL_VIDEODRIVER") == "offscreen":
-            from kivy.graphics.opengl import glFinish
+        from kiosk.display import render_each_frame
 
-            # A display's buffer swap makes the GL render each frame; the offscreen window's swap
-            # does nothing, so Mesa's software rasterizer kept binning frames (~1-2 s of CPU, and
-            # its memory) and rendered them all at the next texture write or readback, holding
-            # the UI thread past the lease. Rendered each frame, a frame costs what it costs.
-            Window.bind(on_flip=lambda *_: glFinish())
+        render_each_frame(Window)
         Window.clearcolor = (0.07, 0.09, 0.12, 1)
         return root
 

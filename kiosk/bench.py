@@ -170,10 +170,11 @@ def run_scripted(seconds: float) -> int:
     os.environ.setdefault("KIVY_NO_ARGS", "1")
     os.environ.setdefault("KIVY_NO_CONSOLELOG", "1")
     os.environ.setdefault("KIVY_HOME", tempfile.mkdtemp(prefix="kivy-home-"))
-    from kivy.config import Config
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
+    from kiosk.display import configure_window
 
-    Config.set("graphics", "width", "800")
-    Config.set("graphics", "height", "480")
+    configure_window(800, 480)
     from kivy.clock import Clock
 
     from kiosk.app import KioskApp

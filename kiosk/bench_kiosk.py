@@ -39,11 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("KIVY_HOME", tempfile.mkdtemp(prefix="kivy-home-"))
     if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
         os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
-    from kivy.config import Config
+    from kiosk.display import configure_window
 
-    Config.set("graphics", "width", "800")
-    Config.set("graphics", "height", "480")
-    Config.set("kivy", "exit_on_escape", "0")
+    configure_window(800, 480)
     from kivy.clock import Clock
     from kivy.core.window import Window
 

@@ -395,11 +395,9 @@ def main(outdir: str, size: str | None = None) -> int:
             json.dump(report, f, indent=1)
         return 0
     w, h = (int(v) for v in size.split("x"))
-    from kivy.config import Config
+    from kiosk.display import configure_window
 
-    Config.set("graphics", "width", str(w))
-    Config.set("graphics", "height", str(h))
-    Config.set("kivy", "exit_on_escape", "0")
+    configure_window(w, h)
     from kivy.clock import Clock
     from kivy.core.window import Window
 

@@ -206,11 +206,9 @@ class Driver:
                 pass
         if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
             os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
-        from kivy.config import Config
+        from kiosk.display import configure_window
 
-        Config.set("graphics", "width", str(WINDOW[0]))
-        Config.set("graphics", "height", str(WINDOW[1]))
-        Config.set("kivy", "exit_on_escape", "0")
+        configure_window(*WINDOW)
         from kivy.clock import Clock
 
         from kiosk.app import KioskApp
