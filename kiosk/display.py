@@ -20,6 +20,19 @@ def offscreen() -> bool:
     return os.environ.get("SDL_VIDEODRIVER") == "offscreen"
 
 
+def headless_defaults() -> None:
+    """A child kiosk process (the bench, the screenshots): Kivy leaves its argv and console
+    alone, keeps its files in a fresh temporary home, and without a display renders offscreen."""
+    import tempfile
+
+    os.environ.setdefault("KIVY_NO_ARGS", "1")
+    os.environ.setdefault("KIVY_NO_CONSOLELOG", "1")
+    if "KIVY_HOME" not in os.environ:
+        os.environ["KIVY_HOME"] = tempfile.mkdtemp(prefix="kivy-home-")
+    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
+        os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
+
+
 def configure_window(width_px: int, height_px: int) -> None:
     """A ``width_px`` x ``height_px`` window, Escape does not exit. Before the window exists."""
     from kivy.config import Config

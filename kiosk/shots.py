@@ -25,15 +25,33 @@ NOW_S = (
 )  # a Thursday, 12:53 UTC  # a fixed "now" for the home and history figures
 
 
-def _status(**kw):
+def status(**kw) -> dict:
+    """A status event's data (docs/protocol.md) with idle defaults, ``kw`` over them."""
     st = {
         "state": "ready",
         "output": "off",
+        "program": None,
+        "program_name": None,
+        "step": None,
+        "steps": None,
+        "zone": None,
+        "motion": None,
+        "text": None,
+        "step_left_s": None,
+        "total_left_s": None,
+        "level": None,
+        "level_max": None,
+        "setpoint_ua": 0.0,
+        "measured_ua": 0.0,
+        "impedance_ohm": None,
         "contact": False,
         "contact_quality_pct": 0.0,
-        "post": {"valid": True, "passed": True, "failed_step": None},
+        "charge_uc": 0.0,
+        "net_dc_charge_uc": 0.0,
         "fault": None,
-        "measured_ua": 0.0,
+        "post": {"valid": True, "passed": True, "failed_step": None},
+        "last_summary": None,
+        "lease_holder": None,
     }
     st.update(kw)
     return st
@@ -187,7 +205,7 @@ def scenes(vm):
     """(name, window size, setup) for every shot, in order (``vm`` None: names and sizes)."""
 
     def msg(**kw):
-        vm.on_link_message({"event": "status", "data": _status(**kw)})
+        vm.on_link_message({"event": "status", "data": status(**kw)})
 
     def base():
         vm.on_link_connected(HELLO)

@@ -212,18 +212,11 @@ class Driver:
         from kivy.clock import Clock
 
         from kiosk.app import KioskApp
-        from kiosk.link import Link
+        from kiosk.link import connect_view_model
         from kiosk.viewmodel import ViewModel
 
         vm = self.vm = ViewModel(None)
-        link = Link(
-            self.sock,
-            "kiosk",
-            on_connected=vm.on_link_connected,
-            on_disconnected=vm.on_link_disconnected,
-            on_message=vm.on_link_message,
-            backoff_s=(0.1, 0.2, 0.5),
-        )
+        link = connect_view_model(vm, self.sock, backoff_s=(0.1, 0.2, 0.5))
         raw_request = link.request
 
         def request(cmd, args=None, **kw):
