@@ -43,18 +43,21 @@ from hw.service.client import Client  # noqa: E402
 from kiosk import strings as S  # noqa: E402
 
 # One scenario run is ~60-70 s on a quiet 2-core host; up to 3 when the host starves the kiosk.
-# Not run by default, and why: on this machine's software GL (Mesa llvmpipe, no GPU) the kiosk's
-# UI thread is held 400-800 ms at some screen changes and at a lift-off (the driver's slow_frame
-# marks, 2026-12-02), past the 300 ms lease, so every run ends in LEASE_EXPIRED before its fault
-# scenario is done. That is the kiosk's open frame-cost work (issue 8, docs/kiosk.md), not host
-# noise to retry. MCK_KIOSK_FAULT_TESTS=1 runs them.
+# Not run by default, and why (measured 2026-12-02, the driver's slow_frame marks): the kiosk's own
+# work is now at most ~70 ms of CPU in any frame of a treatment (the screen change into it; the
+# 0.4-5 s GL stalls were Mesa's offscreen backlog, fixed in kiosk/display.py), but on this shared
+# host (load 5-7 on 2 cores, /proc/pressure/cpu "some" ~90 %) its frame intervals still reach
+# 200-550 ms waiting for a CPU, even at nice -10, past the 300 ms lease: every run ends in
+# LEASE_EXPIRED (rightly) before its fault scenario is done. Host load, not a kiosk fault to
+# retry. MCK_KIOSK_FAULT_TESTS=1 runs them (on a quiet host or the Pi).
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(400),
     pytest.mark.skipif(
         os.environ.get("MCK_KIOSK_FAULT_TESTS") != "1",
-        reason="kiosk frames of 400-800 ms on software GL outlast the 300 ms lease (issue 8); "
-        "MCK_KIOSK_FAULT_TESTS=1 runs them",
+        reason="on this shared 2-core host the kiosk waits 200-550 ms for a CPU between frames, "
+        "past the 300 ms lease (its own frames cost <= 70 ms of CPU); MCK_KIOSK_FAULT_TESTS=1 "
+        "runs them",
     ),
 ]
 DRIVER = Path(__file__).resolve().with_name("kiosk_driver.py")
