@@ -183,6 +183,13 @@ def interact(name: str, vm, root, checks: dict) -> float:
         tap(start)
         checks["blank_tap_woke"] = not vm.blanked
         checks["blank_tap_did_nothing_else"] = vm.nav == "home" and len(link.sent) == before
+    elif name == "history":
+        rows = root.ids.sm.get_screen("history").ids.rows
+        before = list(rows.children)
+        vm.history = [dict(h) for h in HISTORY]  # reloaded while shown: the same rows, updated
+        checks["history_rows_reused"] = len(before) == len(HISTORY) and before == list(
+            rows.children
+        )
     elif name == "fault":
         hold = find(root, S.FAULT_HOLD)
         tap(hold)  # a short tap is not a deliberate press
@@ -190,6 +197,10 @@ def interact(name: str, vm, root, checks: dict) -> float:
         tap(hold, hold_s=2.0)  # held longer than ACK_HOLD_S: acknowledge
         return 2.3
     elif name == "treatment":
+        rows = root.ids.sm.get_screen("history").ids.rows
+        before = list(rows.children)
+        vm.history = HISTORY[:2]  # a history load during a treatment
+        checks["history_untouched_behind_treatment"] = list(rows.children) == before
         for text, cmd in (("+", "level_up"), ("−", "level_down"), (S.STOP, "stop")):
             tap(find(root, text))
             checks[f"tap_{cmd}"] = link.sent[-1] == cmd
