@@ -55,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
         for opt in Config.options("input"):
             Config.remove_option("input", opt)
     else:
-        Config.set("graphics", "width", str(w + (300 if args.sim_panel else 0)))
-        Config.set("graphics", "height", str(h))
+        from kiosk.display import configure_window
+
+        configure_window(w + (300 if args.sim_panel else 0), h)
         Config.set("graphics", "resizable", "1")
     from kivy.core.window import Window
 
@@ -64,19 +65,12 @@ def main(argv: list[str] | None = None) -> int:
         Window.rotation = ui.rotation
     from kiosk.app import KioskApp
     from kiosk.backlight import Backlight
-    from kiosk.link import Link
+    from kiosk.link import connect_view_model
     from kiosk.viewmodel import ViewModel
 
     vm = ViewModel(None, service_pin=args.pin, backlight=Backlight.find())
     vm.blank_after_s = ui.blank_after_s
-    link = Link(
-        args.socket,
-        "kiosk",
-        on_connected=vm.on_link_connected,
-        on_disconnected=vm.on_link_disconnected,
-        on_message=vm.on_link_message,
-    )
-    vm.link = link
+    link = connect_view_model(vm, args.socket)
     app = KioskApp(vm, link=link, socket_path=args.socket, sim_panel=args.sim_panel)
     import signal
 

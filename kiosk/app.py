@@ -76,6 +76,9 @@ class KioskApp(App):
 
         Digits.prewarm((sp(theme.DIGITS_SP), sp(80)))  # the treatment screen's countdowns, level
         Window.bind(on_touch_down=lambda *_: self.vm.touched())
+        from kiosk.display import render_each_frame
+
+        render_each_frame(Window)
         Window.clearcolor = (0.07, 0.09, 0.12, 1)
         return root
 

@@ -167,17 +167,14 @@ def _r(v, nd: int = 2):
 def run_scripted(seconds: float) -> int:
     """The kiosk alone: home, then the treatment screen fed a 20 Hz status stream (the live
     trace moving), a screen change away and back every 2 s, frames measured throughout."""
-    os.environ.setdefault("KIVY_NO_ARGS", "1")
-    os.environ.setdefault("KIVY_NO_CONSOLELOG", "1")
-    os.environ.setdefault("KIVY_HOME", tempfile.mkdtemp(prefix="kivy-home-"))
-    from kivy.config import Config
+    from kiosk.display import configure_window, headless_defaults
 
-    Config.set("graphics", "width", "800")
-    Config.set("graphics", "height", "480")
+    headless_defaults()
+    configure_window(800, 480)
     from kivy.clock import Clock
 
     from kiosk.app import KioskApp
-    from kiosk.shots import HELLO, PROGRAMS, RUN, NullLink, _status
+    from kiosk.shots import HELLO, PROGRAMS, RUN, NullLink, status
     from kiosk.viewmodel import ViewModel
 
     vm = ViewModel(NullLink())
@@ -192,7 +189,7 @@ def run_scripted(seconds: float) -> int:
         vm.on_link_message(
             {
                 "event": "status",
-                "data": _status(
+                "data": status(
                     **{
                         **RUN,
                         "state": state,
@@ -211,7 +208,7 @@ def run_scripted(seconds: float) -> int:
                 vm.on_link_connected(HELLO)
                 vm.screening_known, vm.screening = True, {"passed": True, "t": "x"}
                 vm.programs = PROGRAMS
-                vm.on_link_message({"event": "status", "data": _status()})
+                vm.on_link_message({"event": "status", "data": status()})
                 return
             st["first_home_s"] = round(now - T0, 3)
             st["t0"] = now

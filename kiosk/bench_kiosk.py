@@ -16,10 +16,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import sys
-import tempfile
 import time
 
 TAP_EVERY_S = 3.0
@@ -34,34 +32,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seconds", type=float, default=120.0)
     ap.add_argument("--program", default="quick-tone")
     args = ap.parse_args(argv)
-    os.environ.setdefault("KIVY_NO_ARGS", "1")
-    os.environ.setdefault("KIVY_NO_CONSOLELOG", "1")
-    os.environ.setdefault("KIVY_HOME", tempfile.mkdtemp(prefix="kivy-home-"))
-    if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
-        os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
-    from kivy.config import Config
+    from kiosk.display import configure_window, headless_defaults
 
-    Config.set("graphics", "width", "800")
-    Config.set("graphics", "height", "480")
-    Config.set("kivy", "exit_on_escape", "0")
+    headless_defaults()
+    configure_window(800, 480)
     from kivy.clock import Clock
     from kivy.core.window import Window
 
     from kiosk import strings as S
     from kiosk.app import KioskApp
-    from kiosk.link import Link
+    from kiosk.link import connect_view_model
     from kiosk.shots import find, tap
     from kiosk.viewmodel import TREATING, ViewModel
 
     vm = ViewModel(None)
-    link = Link(
-        args.socket,
-        "kiosk",
-        on_connected=vm.on_link_connected,
-        on_disconnected=vm.on_link_disconnected,
-        on_message=vm.on_link_message,
-    )
-    vm.link = link
+    link = connect_view_model(vm, args.socket)
     app = KioskApp(vm, link=link, socket_path=args.socket)
     out: dict = {"faults": [], "frames_ms": [], "tap_ms": [], "history_loads": 0}
     st = {"phase": "boot", "t": 0.0, "home_drawn": False, "next_tap": 0.0, "next_hist": 0.0}

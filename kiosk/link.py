@@ -256,3 +256,18 @@ class Link:
             replies = [self._pending.pop(i) for i in late]
         for r in replies:
             self._finish(r, False, None, {"code": "TIMEOUT", "message": f"no reply to {r.cmd}"})
+
+
+def connect_view_model(vm, path: str, name: str = "kiosk", **link_kw) -> Link:
+    """A ``Link`` to the daemon at ``path`` that reports to ``vm`` (``on_link_connected``,
+    ``on_link_disconnected``, ``on_link_message``) and is the view-model's link. Not started."""
+    link = Link(
+        path,
+        name,
+        on_connected=vm.on_link_connected,
+        on_disconnected=vm.on_link_disconnected,
+        on_message=vm.on_link_message,
+        **link_kw,
+    )
+    vm.link = link
+    return link

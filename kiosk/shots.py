@@ -25,15 +25,33 @@ NOW_S = (
 )  # a Thursday, 12:53 UTC  # a fixed "now" for the home and history figures
 
 
-def _status(**kw):
+def status(**kw) -> dict:
+    """A status event's data (docs/protocol.md) with idle defaults, ``kw`` over them."""
     st = {
         "state": "ready",
         "output": "off",
+        "program": None,
+        "program_name": None,
+        "step": None,
+        "steps": None,
+        "zone": None,
+        "motion": None,
+        "text": None,
+        "step_left_s": None,
+        "total_left_s": None,
+        "level": None,
+        "level_max": None,
+        "setpoint_ua": 0.0,
+        "measured_ua": 0.0,
+        "impedance_ohm": None,
         "contact": False,
         "contact_quality_pct": 0.0,
-        "post": {"valid": True, "passed": True, "failed_step": None},
+        "charge_uc": 0.0,
+        "net_dc_charge_uc": 0.0,
         "fault": None,
-        "measured_ua": 0.0,
+        "post": {"valid": True, "passed": True, "failed_step": None},
+        "last_summary": None,
+        "lease_holder": None,
     }
     st.update(kw)
     return st
@@ -165,6 +183,13 @@ def interact(name: str, vm, root, checks: dict) -> float:
         tap(start)
         checks["blank_tap_woke"] = not vm.blanked
         checks["blank_tap_did_nothing_else"] = vm.nav == "home" and len(link.sent) == before
+    elif name == "history":
+        rows = root.ids.sm.get_screen("history").ids.rows
+        before = list(rows.children)
+        vm.history = [dict(h) for h in HISTORY]  # reloaded while shown: the same rows, updated
+        checks["history_rows_reused"] = len(before) == len(HISTORY) and before == list(
+            rows.children
+        )
     elif name == "fault":
         hold = find(root, S.FAULT_HOLD)
         tap(hold)  # a short tap is not a deliberate press
@@ -172,6 +197,10 @@ def interact(name: str, vm, root, checks: dict) -> float:
         tap(hold, hold_s=2.0)  # held longer than ACK_HOLD_S: acknowledge
         return 2.3
     elif name == "treatment":
+        rows = root.ids.sm.get_screen("history").ids.rows
+        before = list(rows.children)
+        vm.history = HISTORY[:2]  # a history load during a treatment
+        checks["history_untouched_behind_treatment"] = list(rows.children) == before
         for text, cmd in (("+", "level_up"), ("−", "level_down"), (S.STOP, "stop")):
             tap(find(root, text))
             checks[f"tap_{cmd}"] = link.sent[-1] == cmd
@@ -187,7 +216,7 @@ def scenes(vm):
     """(name, window size, setup) for every shot, in order (``vm`` None: names and sizes)."""
 
     def msg(**kw):
-        vm.on_link_message({"event": "status", "data": _status(**kw)})
+        vm.on_link_message({"event": "status", "data": status(**kw)})
 
     def base():
         vm.on_link_connected(HELLO)
@@ -395,11 +424,9 @@ def main(outdir: str, size: str | None = None) -> int:
             json.dump(report, f, indent=1)
         return 0
     w, h = (int(v) for v in size.split("x"))
-    from kivy.config import Config
+    from kiosk.display import configure_window
 
-    Config.set("graphics", "width", str(w))
-    Config.set("graphics", "height", str(h))
-    Config.set("kivy", "exit_on_escape", "0")
+    configure_window(w, h)
     from kivy.clock import Clock
     from kivy.core.window import Window
 

@@ -13,7 +13,7 @@ from kivy.uix.boxlayout import BoxLayout
 
 from kiosk import strings as S
 from kiosk import theme
-from kiosk.widgets import KButton
+from kiosk.widgets import KButton, change
 
 Builder.load_file(os.path.join(os.path.dirname(__file__), "simpanel.kv"))
 
@@ -115,14 +115,3 @@ class SimPanel(BoxLayout):
             on = st.get("skin") == b.skin
             change(b, "fill", theme.ACCENT if on else theme.PANEL)
             change(b, "ink", theme.ON_ACCENT if on else theme.TEXT)
-
-
-def change(w, name: str, value) -> None:
-    """Set a property only when it really changes. A colour given as a tuple counts as a change
-    against the list Kivy stores, and a text colour that changes re-renders the label's texture:
-    recolouring every button on every answer cost 2-3 s of software-GL time per tap."""
-    old = getattr(w, name)
-    if (list(old) if isinstance(old, list | tuple) else old) != (
-        list(value) if isinstance(value, list | tuple) else value
-    ):
-        setattr(w, name, value)

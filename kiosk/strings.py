@@ -155,6 +155,27 @@ FAULT_HOLDING = _("Keep holding…")
 FAULT_ACK_REFUSED = _("Not yet: {why}")
 FAULT_UNKNOWN = _("Something went wrong, so the output was switched off.")
 FAULT_ACTION_DEFAULT = _("Acknowledge, then the device checks itself again.")
+# The daemon trips LEASE_EXPIRED both when renewals stop (a hung screen: its own words fit) and
+# when the screen's connection closes mid-treatment (a crash or kill of the kiosk: detail
+# "controller NAME disconnected"); the kiosk words the second case itself.
+FAULT_SCREEN_CLOSED = _(
+    "The screen app closed during the treatment, so the output was switched off."
+)
+# UNACKNOWLEDGED's action says "read the history", which the fault screen cannot show: say where.
+FAULT_UNACK_ACTION = _("Acknowledge. Then History, on the home screen, shows the treatment.")
+
+
+def fault_words(fault: dict) -> tuple[str, str]:
+    """The fault screen's message and action: the daemon's, except the two cases above."""
+    code, detail = str(fault.get("code") or ""), str(fault.get("detail") or "")
+    message = str(fault.get("message") or "") or FAULT_UNKNOWN
+    action = str(fault.get("action") or "") or FAULT_ACTION_DEFAULT
+    if code == "LEASE_EXPIRED" and detail.endswith("disconnected"):
+        message = FAULT_SCREEN_CLOSED
+    elif code == "UNACKNOWLEDGED":
+        action = FAULT_UNACK_ACTION
+    return message, action
+
 
 # History
 HISTORY_TITLE = _("History")

@@ -22,6 +22,8 @@ from kivy.properties import (
 )
 
 from kiosk import strings as S
+from kiosk.vm_prefs import PrefsMixin
+from kiosk.vm_records import RecordsMixin
 
 LEASE_RENEW_S = 0.1  # docs/protocol.md: the kiosk renews every 100 ms (lease 300 ms)
 TRACE_POINTS = 100  # 5 s of the ~20 Hz status stream
@@ -50,7 +52,10 @@ def mmss(seconds: float | None) -> str:
     return f"{s // 60}:{s % 60:02d}"
 
 
-class ViewModel(EventDispatcher):
+class ViewModel(RecordsMixin, PrefsMixin, EventDispatcher):
+    """Routing, the daemon's status, the treatment's intents and the lease; home/history in
+    kiosk/vm_records.py, first use/settings/service/sim in kiosk/vm_prefs.py."""
+
     # connection
     connected = BooleanProperty(False)
     ever_connected = BooleanProperty(False)
@@ -288,13 +293,6 @@ class ViewModel(EventDispatcher):
             screen = self.nav
         self.screen = screen
 
-    def screening_ok(self) -> bool:
-        if self.screening_local_pass:
-            return True
-        if not self.screening_known:
-            return True  # not asked yet: do not flash the questions while loading
-        return bool(self.screening and self.screening.get("passed"))
-
     # ------------------------------------------------------------------ replies
     def _send(self, cmd: str, args: dict | None = None, callback=None, timeout_s: float = 3.0):
         if self.link is None:
@@ -321,63 +319,6 @@ class ViewModel(EventDispatcher):
             ids = [p["id"] for p in self.programs]
             if self.selected_program not in ids and ids:
                 self.selected_program = ids[0]
-
-    def _got_screening(self, reply) -> None:
-        if not reply.ok and (reply.error or {}).get("code") == "UNKNOWN_COMMAND":
-            # An older daemon cannot record the answers: ask them anyway, every session.
-            self.screening_supported = False
-            self.screening = None
-            self.screening_known = True
-        elif reply.ok:
-            self.screening = reply.result
-            self.screening_known = True
-        self._route()
-
-    def refresh_home(self) -> None:
-        self._send("totals", callback=self._got_totals)
-        self._send("history", {"limit": 100}, callback=self._got_history)
-
-    def _got_totals(self, reply) -> None:
-        if reply.ok:
-            self.totals = dict(reply.result)
-
-    def _got_history(self, reply) -> None:
-        if reply.ok:
-            self.history = list(reply.result)
-
-    # ------------------------------------------------------------------ derived, for screens
-    def zone_name(self, zone: str | None) -> str:
-        return S.ZONES.get(zone or "", (zone or "").capitalize())
-
-    def week_count(self) -> int:
-        """Treatments since Monday 00:00 local time."""
-        lt = time.localtime(self.now())
-        midnight = time.mktime((lt.tm_year, lt.tm_mon, lt.tm_mday, 0, 0, 0, 0, 0, -1))
-        monday = midnight - lt.tm_wday * 86400
-        return sum(1 for h in self.history if (h.get("started_at") or 0) >= monday)
-
-    def streak_text(self) -> str:
-        n = int(self.totals.get("streak_days") or 0)
-        if n == 0:
-            return S.STREAK_NONE
-        return S.STREAK_ONE if n == 1 else S.STREAK.format(n=n)
-
-    def today_text(self) -> str:
-        if not self.totals:
-            return ""
-        left_s = float(self.totals.get("daily_max_s") or 0) - float(
-            self.totals.get("today_active_s") or 0
-        )
-        if left_s <= 0:
-            return S.TODAY_USED_UP
-        return S.TODAY_LEFT.format(min=int(left_s // 60))
-
-    def last_text(self) -> str:
-        if not self.history:
-            return S.LAST_NONE
-        h = self.history[0]
-        when = time.strftime("%d %b", time.localtime(h.get("started_at") or 0)).lstrip("0")
-        return S.LAST.format(name=h.get("program_name") or h.get("program_id"), when=when)
 
     # ------------------------------------------------------------------ intents
     def go(self, nav: str) -> None:
@@ -442,102 +383,6 @@ class ViewModel(EventDispatcher):
         self.summary_dismissed = True
         self.nav = "home"
         self._route()
-
-    def submit_screening(self, answers: dict[str, bool]) -> None:
-        yes = [k for k, _ in S.SCREENING_QUESTIONS if answers.get(k)]
-        self.screening_stop = yes
-        if not self.screening_supported:
-            self.screening_local_pass = not yes
-            self._route()
-            return
-        self._send("screening", {"answers": dict(answers)}, callback=self._screened)
-
-    def _screened(self, reply) -> None:
-        if reply.ok:
-            self._send("screening_status", callback=self._got_screening)
-        elif (reply.error or {}).get("code") == "UNKNOWN_COMMAND":
-            self.screening_supported = False
-            self.screening_local_pass = not self.screening_stop
-            self.notice = S.SCREENING_NOT_RECORDED
-            self._route()
-        else:
-            self._refused(reply)
-
-    def open_treatment(self, treatment_id: int) -> None:
-        self._send("treatment", {"id": int(treatment_id)}, callback=self._got_detail)
-
-    def _got_detail(self, reply) -> None:
-        if not self._refused(reply):
-            self.detail = dict(reply.result)
-
-    def _got_events(self, reply) -> None:
-        if reply.ok:
-            self.events_log = list(reply.result)
-
-    def export_csv(self, path_for: Callable[[], str]) -> None:
-        """Ask the daemon for the CSV and write it to ``path_for()`` (USB stick or a file)."""
-
-        def got(reply) -> None:
-            if self._refused(reply):
-                return
-            try:
-                path = path_for()
-                with open(path, "w", newline="") as f:
-                    f.write(reply.result["csv"])
-            except OSError as e:
-                self.notice = S.EXPORT_FAILED.format(why=e.strerror or e)
-                return
-            self.notice = S.EXPORTED.format(path=path)
-
-        self._send("export_csv", {"what": "treatments"}, callback=got, timeout_s=10.0)
-
-    def set_sound(self, on: bool) -> None:
-        """The buzzer (relocate cues) on or off: the daemon drives it, so the daemon is asked
-        (``set_sound`` {"on"} -> {"sound"}). An older daemon without it: said once, no toggle."""
-
-        def got(reply) -> None:
-            if reply.ok:
-                self.sound = bool(reply.result.get("sound", on))
-            elif (reply.error or {}).get("code") == "UNKNOWN_COMMAND":
-                self.sound_supported = False
-                self.notice = S.OLD_SERVICE.format(what=S.SOUND.lower())
-            else:
-                self._refused(reply)
-
-        self._send("set_sound", {"on": bool(on)}, callback=got)
-
-    def set_brightness(self, pct: float) -> None:
-        """The panel's backlight (kiosk-local: the screen is the kiosk's, not the daemon's)."""
-        if self.backlight is None:
-            return
-        try:
-            self.brightness_pct = self.backlight.set_pct(pct)
-        except OSError as e:
-            self.notice = S.BRIGHTNESS_FAILED.format(why=e.strerror or e)
-
-    def run_self_test(self) -> None:
-        self._send("self_test", callback=self._refused)
-
-    def unlock_service(self, pin: str) -> bool:
-        self.service_unlocked = pin == self.service_pin
-        self.notice = "" if self.service_unlocked else S.PIN_WRONG
-        if self.service_unlocked:
-            self._send("events", {"limit": 20}, callback=self._got_events)
-        return self.service_unlocked
-
-    def sim_action(self, action: str, **args) -> None:
-        def got(reply) -> None:
-            if reply.ok:
-                self.sim_state = dict(reply.result)
-                self.sim_message = ""
-            else:
-                err = reply.error or {}
-                if err.get("code") == "UNKNOWN_COMMAND":
-                    self.sim_message = S.OLD_SERVICE.format(what="sim")
-                else:
-                    self.sim_message = f"{err.get('code')}: {err.get('message')}"
-
-        self._send("sim", {"action": action, **args}, callback=got)
 
     # ------------------------------------------------------------------ clocks
     def lease_tick(self, _dt: float = 0.0) -> None:

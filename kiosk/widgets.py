@@ -24,6 +24,17 @@ from kiosk import theme
 Builder.load_file(os.path.join(os.path.dirname(__file__), "widgets.kv"))
 
 
+def change(w, name: str, value) -> None:
+    """Set a property only when it really changes. A colour given as a tuple counts as a change
+    against the list Kivy stores, and a text colour that changes re-renders the label's texture:
+    recolouring every button on every answer cost 2-3 s of software-GL time per tap."""
+    old = getattr(w, name)
+    if (list(old) if isinstance(old, list | tuple) else old) != (
+        list(value) if isinstance(value, list | tuple) else value
+    ):
+        setattr(w, name, value)
+
+
 class KButton(Button):
     """A flat rounded button; darker while pressed (the tap answers within one frame)."""
 
@@ -298,7 +309,7 @@ class Dot(Widget):
             if self.lit:
                 Ellipse(pos=(x, y), size=(d, d))
             else:
-                Line(ellipse=(x, y, d, d), width=1)
+                Line(ellipse=(x, y, d, d), width=1.5)  # 1 px GL lines came out dashed
 
 
 class Layer(FloatLayout):
@@ -306,6 +317,24 @@ class Layer(FloatLayout):
 
     shown = BooleanProperty(False)
     __events__ = ("on_tapped",)
+
+    def on_kv_post(self, _base):
+        self._hidden_children: list = []
+        self.on_shown(self, self.shown)
+
+    def on_shown(self, _w, shown: bool) -> None:
+        # Kivy draws a widget of opacity 0 all the same (blended to nothing): the two hidden
+        # full-screen layers cost ~6 of ~21 ms of software-GL CPU per frame. Hidden, a layer
+        # holds no children and its cover (app.kv) has no size.
+        if not hasattr(self, "_hidden_children"):
+            return  # before on_kv_post: its children are not all added yet
+        if shown and self._hidden_children:
+            for w in reversed(self._hidden_children):
+                self.add_widget(w)
+            self._hidden_children = []
+        elif not shown and self.children:
+            self._hidden_children = list(self.children)
+            self.clear_widgets()
 
     def on_tapped(self):
         pass

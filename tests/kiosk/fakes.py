@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from kiosk.link import Reply
+from kiosk.shots import status  # noqa: F401  (the tests' status events)
 
 
 class FakeLink:
@@ -43,38 +44,6 @@ class FakeLink:
         for r in rs:
             self._complete(r, False, None, {"code": code, "message": message})
         return len(rs)
-
-
-def status(**kw) -> dict:
-    """A status event's data (docs/protocol.md) with sensible idle defaults."""
-    st = {
-        "state": "ready",
-        "output": "off",
-        "program": None,
-        "program_name": None,
-        "step": None,
-        "steps": None,
-        "zone": None,
-        "motion": None,
-        "text": None,
-        "step_left_s": None,
-        "total_left_s": None,
-        "level": None,
-        "level_max": None,
-        "setpoint_ua": 0.0,
-        "measured_ua": 0.0,
-        "impedance_ohm": None,
-        "contact": False,
-        "contact_quality_pct": 0.0,
-        "charge_uc": 0.0,
-        "net_dc_charge_uc": 0.0,
-        "fault": None,
-        "post": {"valid": True, "passed": True, "failed_step": None},
-        "last_summary": None,
-        "lease_holder": None,
-    }
-    st.update(kw)
-    return st
 
 
 RUNNING = dict(

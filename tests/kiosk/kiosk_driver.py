@@ -206,26 +206,17 @@ class Driver:
                 pass
         if not os.environ.get("DISPLAY") and not os.environ.get("WAYLAND_DISPLAY"):
             os.environ.setdefault("SDL_VIDEODRIVER", "offscreen")
-        from kivy.config import Config
+        from kiosk.display import configure_window
 
-        Config.set("graphics", "width", str(WINDOW[0]))
-        Config.set("graphics", "height", str(WINDOW[1]))
-        Config.set("kivy", "exit_on_escape", "0")
+        configure_window(*WINDOW)
         from kivy.clock import Clock
 
         from kiosk.app import KioskApp
-        from kiosk.link import Link
+        from kiosk.link import connect_view_model
         from kiosk.viewmodel import ViewModel
 
         vm = self.vm = ViewModel(None)
-        link = Link(
-            self.sock,
-            "kiosk",
-            on_connected=vm.on_link_connected,
-            on_disconnected=vm.on_link_disconnected,
-            on_message=vm.on_link_message,
-            backoff_s=(0.1, 0.2, 0.5),
-        )
+        link = connect_view_model(vm, self.sock, backoff_s=(0.1, 0.2, 0.5))
         raw_request = link.request
 
         def request(cmd, args=None, **kw):

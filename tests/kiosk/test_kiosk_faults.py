@@ -43,18 +43,21 @@ from hw.service.client import Client  # noqa: E402
 from kiosk import strings as S  # noqa: E402
 
 # One scenario run is ~60-70 s on a quiet 2-core host; up to 3 when the host starves the kiosk.
-# Not run by default, and why: on this machine's software GL (Mesa llvmpipe, no GPU) the kiosk's
-# UI thread is held 400-800 ms at some screen changes and at a lift-off (the driver's slow_frame
-# marks, 2026-12-02), past the 300 ms lease, so every run ends in LEASE_EXPIRED before its fault
-# scenario is done. That is the kiosk's open frame-cost work (issue 8, docs/kiosk.md), not host
-# noise to retry. MCK_KIOSK_FAULT_TESTS=1 runs them.
+# Not run by default, and why (measured 2026-12-02, the driver's slow_frame marks): the kiosk's own
+# work is now at most ~70 ms of CPU in any frame of a treatment (the screen change into it; the
+# 0.4-5 s GL stalls were Mesa's offscreen backlog, fixed in kiosk/display.py), but on this shared
+# host (load 5-7 on 2 cores, /proc/pressure/cpu "some" ~90 %) its frame intervals still reach
+# 200-550 ms waiting for a CPU, even at nice -10, past the 300 ms lease: every run ends in
+# LEASE_EXPIRED (rightly) before its fault scenario is done. Host load, not a kiosk fault to
+# retry. MCK_KIOSK_FAULT_TESTS=1 runs them (on a quiet host or the Pi).
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.timeout(400),
     pytest.mark.skipif(
         os.environ.get("MCK_KIOSK_FAULT_TESTS") != "1",
-        reason="kiosk frames of 400-800 ms on software GL outlast the 300 ms lease (issue 8); "
-        "MCK_KIOSK_FAULT_TESTS=1 runs them",
+        reason="on this shared 2-core host the kiosk waits 200-550 ms for a CPU between frames, "
+        "past the 300 ms lease (its own frames cost <= 70 ms of CPU); MCK_KIOSK_FAULT_TESTS=1 "
+        "runs them",
     ),
 ]
 DRIVER = Path(__file__).resolve().with_name("kiosk_driver.py")
@@ -258,8 +261,8 @@ def test_daemon_killed_mid_treatment_service_lost_then_the_latched_fault(run):
     after(tl, fault, "screen", "fault")
     assert "start" not in between(tl, kill, fault, "sent")
     shot = run["a"]["shots"]["fault_after_daemon_restart"]
-    message, action = words(Fault.UNACKNOWLEDGED)
-    assert message in shot["texts"] and action in shot["texts"]
+    message, _action = words(Fault.UNACKNOWLEDGED)
+    assert message in shot["texts"] and S.FAULT_UNACK_ACTION in shot["texts"]  # where History is
     assert S.SERVICE_LOST not in shot["texts"] and shot["output"] == "tripped"
     ack = after(tl, fault, "sent", "acknowledge")
     after(tl, ack, "screen", "home")
@@ -283,8 +286,9 @@ def test_kiosk_killed_mid_treatment_the_daemon_cuts_and_a_new_kiosk_shows_the_fa
     fault_screen = after(tlb, 0, "screen", "fault")
     assert [s for s in between(tlb, 0, fault_screen, "screen") if s != "startup"] == []
     shot = run["b"]["shots"]["fault_after_kiosk_restart"]
-    message, action = words(Fault.LEASE_EXPIRED)
-    assert message in shot["texts"] and action in shot["texts"]
+    _message, action = words(Fault.LEASE_EXPIRED)
+    # The daemon's detail says the controller disconnected: the kiosk says the screen closed.
+    assert S.FAULT_SCREEN_CLOSED in shot["texts"] and action in shot["texts"]
     assert run["while_b_shows_fault"]["state"] == "fault"
     assert run["while_b_shows_fault"]["output"] == "tripped"
     ack = after(tlb, fault_screen, "sent", "acknowledge")

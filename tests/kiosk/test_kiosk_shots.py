@@ -140,3 +140,11 @@ def test_real_touches(shots):
     assert c["fault_short_tap_acknowledged"] is False, c
     assert c["fault_hold_acknowledged"] is True, c
     assert c["tap_level_up"] and c["tap_level_down"] and c["tap_stop"], c
+
+
+def test_history_rows_are_reused_and_never_rebuilt_behind_a_treatment(shots):
+    """A history load while the treatment shows does no widget work there (it waits until the
+    history is shown); shown, a reload updates the same row widgets."""
+    c = shots[1]["checks"]
+    assert c["history_untouched_behind_treatment"] is True, c
+    assert c["history_rows_reused"] is True, c

@@ -395,3 +395,14 @@ def test_brightness_on_a_panel_with_a_backlight(tmp_path):
         (d / "brightness").mkdir()
     vm.set_brightness(70)
     assert "brightness" in vm.notice and vm.brightness_pct == MIN_PCT
+
+
+def test_fault_words_the_daemons_except_a_closed_screen_and_the_history_hint():
+    ours = {"message": "m", "action": "a"}
+    assert S.fault_words({"code": "ESTOP", **ours}) == ("m", "a")
+    hung = {"code": "LEASE_EXPIRED", "detail": "lease 300 ms not renewed", **ours}
+    assert S.fault_words(hung) == ("m", "a")  # the daemon's "the screen stopped responding"
+    closed = {"code": "LEASE_EXPIRED", "detail": "controller kiosk disconnected", **ours}
+    assert S.fault_words(closed) == (S.FAULT_SCREEN_CLOSED, "a")
+    assert S.fault_words({"code": "UNACKNOWLEDGED", **ours}) == ("m", S.FAULT_UNACK_ACTION)
+    assert S.fault_words({}) == (S.FAULT_UNKNOWN, S.FAULT_ACTION_DEFAULT)
