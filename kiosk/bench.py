@@ -174,7 +174,7 @@ def run_scripted(seconds: float) -> int:
     from kivy.clock import Clock
 
     from kiosk.app import KioskApp
-    from kiosk.shots import HELLO, PROGRAMS, RUN, NullLink, status
+    from kiosk.shots_data import HELLO, PROGRAMS, RUN, NullLink, status
     from kiosk.viewmodel import ViewModel
 
     vm = ViewModel(NullLink())

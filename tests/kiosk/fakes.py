@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from kiosk.link import Reply
-from kiosk.shots import status  # noqa: F401  (the tests' status events)
+from kiosk.shots_data import status  # noqa: F401  (the tests' status events)
 
 
 class FakeLink:
