@@ -45,7 +45,7 @@ STATUS_EVERY = 10  # one status read per this many renewals
 
 # --------------------------------------------------------------------------- the load
 def _pipeliner(path: str, stop, n: int, out) -> None:
-    from hw.bench import _raw
+    from hw.bench.floods import _raw
 
     line = b'{"id":7,"cmd":"status"}\n'
     rounds = sent = 0
@@ -168,7 +168,7 @@ def loop_window(before: dict | None, after: dict | None) -> dict:
 def _kiosk_run(kiosk, seconds: float) -> dict:
     """Renew every 100 ms for ``seconds``; read status every second; count and recover trips.
     A renewal without a reply counts with the time it waited (the client's 5 s timeout)."""
-    from hw.bench import _ensure_running
+    from hw.bench.floods import _ensure_running
 
     rtt, errors, trips = [], [], []
     acc = {"not_held": 0, "polls": 0, "running": 0, "charge_uc": 0.0}
@@ -232,7 +232,9 @@ def load_figures(seconds: float = LOAD_S, hogs: int = HOGS) -> dict:
     """The run described in the module docstring; every process it starts ends with it."""
     import multiprocessing
 
-    from hw.bench import FLOOD_PROGRAM, _pct, _run_treatment, seed_history, spawned_daemon
+    from hw.bench.daemon_driver import _run_treatment, spawned_daemon
+    from hw.bench.floods import FLOOD_PROGRAM, seed_history
+    from hw.bench.stats import pct as _pct
 
     ctx = multiprocessing.get_context("fork")
     seen: dict[int, tuple[int, int]] = {}
