@@ -11,6 +11,8 @@ import contextlib
 import sys
 import time
 
+from hw.bench.proctree import end_process
+
 
 def _wait_socket(path, timeout_s: float = 20.0) -> None:
     import socket as _socket
@@ -116,9 +118,4 @@ def spawned_daemon(state_dir, client_name: str = "bench"):
         finally:
             c.close()
     finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(5)
+        end_process(proc, 10.0)

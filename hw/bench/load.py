@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hw.bench.proctree import kill_leftovers, tree, tree_cpu_s
+from hw.bench.proctree import end_process, kill_leftovers, tree, tree_cpu_s
 
 LOAD_S = 120.0
 HOGS = 3
@@ -97,15 +97,6 @@ def _history_client(path: str, stop, out) -> None:
 
 def _hog() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
-
-
-def _end(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def _end_mp(p, stop) -> None:
@@ -248,7 +239,7 @@ def load_figures(seconds: float = LOAD_S, hogs: int = HOGS) -> dict:
         before = _loop(kiosk.request("status"))
         cpu0, t0 = tree_cpu_s(proc.pid), time.monotonic()
         for _ in range(hogs):
-            stack.callback(_end, _hog())
+            stack.callback(end_process, _hog(), 5.0)
         results = {}
         for name, target, args in (
             ("pipeliner", _pipeliner, (PIPELINE_REQUESTS,)),
