@@ -16,7 +16,7 @@ from hw.config import Config
 from hw.control.loop import OutputState
 from hw.control.waveform import WaveformSpec
 from hw.hal.sim.plant import SKIN, Load
-from hw.hal.sim.rig import SimRig
+from hw.hal.sim.rig import SimRig, lift_pattern
 
 TRIAL_PHASES = (0.0, 0.13, 0.37, 0.61, 0.89)  # sub-tick offsets of the injection, in ticks
 
@@ -189,28 +189,18 @@ def lift_off_balance(cfg: Config, seconds: float = 120.0, seed: int = 7) -> dict
     """The full-face program's forehead step (its highest level) with a person lifting the
     electrodes as its text says: contact 1.5-4 s, lifted 0.2-1 s, again and again. True net DC
     charge in % of the charge delivered (plant ground truth), and whether anything tripped."""
-    import random
-
     from hw.control.levels import level_to_ua
 
     step = cfg.program("full-face-lift").steps[0]
     spec = WaveformSpec(step.frequency_hz, step.pulse_width_ms)
     target = level_to_ua(step.max_level, cfg.limits, step.max_level)
-    rng = random.Random(seed)
     rig = SimRig(cfg, seed=seed)
     try:
         if not rig.post()["passed"]:
             raise RuntimeError("self-test failed")
         q0_net, q0_abs = rig.sim.plant.q_net_uc, rig.sim.plant.q_abs_uc
         rig.loop.start(spec, target)
-        end = rig.clock.now() + seconds
-        lifts = 0
-        while rig.clock.now() < end and not rig.guard.tripped:
-            rig.keep_lease(rng.uniform(1.5, 4.0))
-            rig.sim.inject("lift_off")
-            lifts += 1
-            rig.keep_lease(rng.uniform(0.2, 1.0))
-            rig.sim.clear("lift_off")
+        lifts = lift_pattern(rig, seconds, seed)
         # The program ends on its timer, and its timers run only with contact: let the last
         # re-contact (and its balance) happen, then the balanced stop.
         for _ in range(100):
