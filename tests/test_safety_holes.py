@@ -3,7 +3,6 @@ and 12). Every one of them failed on fc60cf5. Simulated time throughout."""
 
 from __future__ import annotations
 
-import random
 import threading
 
 import pytest
@@ -12,7 +11,7 @@ from hw.config import load_config
 from hw.control import loop as loop_module
 from hw.control.loop import CommandRefused, OutputState
 from hw.control.waveform import WaveformSpec
-from hw.hal.sim.rig import SimRig
+from hw.hal.sim.rig import SimRig, lift_pattern
 from hw.safety import Fault
 
 
@@ -87,20 +86,6 @@ def test_a_runaway_while_lifted_trips(running_rig):
 
 
 # ------------------------------------------------------------------------- item 3: charge balance
-def lift_pattern(rig, seconds: float, seed: int) -> int:
-    """Contact for 1.5-4 s, lifted for 0.2-1 s, repeated ("Lift, return, repeat")."""
-    rng = random.Random(seed)
-    end = rig.clock.now() + seconds
-    lifts = 0
-    while rig.clock.now() < end and not rig.guard.tripped:
-        rig.keep_lease(rng.uniform(1.5, 4.0))
-        rig.sim.inject("lift_off")
-        lifts += 1
-        rig.keep_lease(rng.uniform(0.2, 1.0))
-        rig.sim.clear("lift_off")
-    return lifts
-
-
 @pytest.mark.parametrize("seed", [1, 2])
 def test_lift_offs_on_the_forehead_step_stay_balanced(seed):
     cfg = load_config(env={})

@@ -392,7 +392,7 @@ def test_every_sim_transfer_releases_the_gil_outside_the_board_lock(bench, monke
     simulated transfer yields the GIL once (a zero-timeout select(), a syscall that drops it), and
     not while it holds the board's lock (the threads that then run may need the board: a trip
     from the service thread)."""
-    import hw.hal.sim.board as simboard
+    import hw.hal.sim.spi as simspi
 
     bus = bench.sim.dac_bus if which == "dac" else bench.sim.adc_bus
     tx = (
@@ -420,7 +420,7 @@ def test_every_sim_transfer_releases_the_gil_outside_the_board_lock(bench, monke
             calls.append((timeout, lock_free_elsewhere()))
             return [], [], []
 
-    monkeypatch.setattr(simboard, "select", FakeSelect)
+    monkeypatch.setattr(simspi, "select", FakeSelect)
     parked = threading.Event()
     other = threading.Thread(target=parked.wait)  # another Python thread that could run
     other.start()

@@ -32,7 +32,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from hw.bench.proctree import kill_leftovers, tree, tree_cpu_s
+from hw.bench.proctree import end_process, kill_leftovers, tree, tree_cpu_s
 
 LOAD_S = 120.0
 HOGS = 3
@@ -45,7 +45,7 @@ STATUS_EVERY = 10  # one status read per this many renewals
 
 # --------------------------------------------------------------------------- the load
 def _pipeliner(path: str, stop, n: int, out) -> None:
-    from hw.bench import _raw
+    from hw.bench.floods import _raw
 
     line = b'{"id":7,"cmd":"status"}\n'
     rounds = sent = 0
@@ -97,15 +97,6 @@ def _history_client(path: str, stop, out) -> None:
 
 def _hog() -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-c", "while True: pass"])
-
-
-def _end(proc: subprocess.Popen) -> None:
-    proc.terminate()
-    try:
-        proc.wait(5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(5)
 
 
 def _end_mp(p, stop) -> None:
@@ -168,7 +159,7 @@ def loop_window(before: dict | None, after: dict | None) -> dict:
 def _kiosk_run(kiosk, seconds: float) -> dict:
     """Renew every 100 ms for ``seconds``; read status every second; count and recover trips.
     A renewal without a reply counts with the time it waited (the client's 5 s timeout)."""
-    from hw.bench import _ensure_running
+    from hw.bench.floods import _ensure_running
 
     rtt, errors, trips = [], [], []
     acc = {"not_held": 0, "polls": 0, "running": 0, "charge_uc": 0.0}
@@ -232,7 +223,9 @@ def load_figures(seconds: float = LOAD_S, hogs: int = HOGS) -> dict:
     """The run described in the module docstring; every process it starts ends with it."""
     import multiprocessing
 
-    from hw.bench import FLOOD_PROGRAM, _pct, _run_treatment, seed_history, spawned_daemon
+    from hw.bench.daemon_driver import _run_treatment, spawned_daemon
+    from hw.bench.floods import FLOOD_PROGRAM, seed_history
+    from hw.bench.stats import pct as _pct
 
     ctx = multiprocessing.get_context("fork")
     seen: dict[int, tuple[int, int]] = {}
@@ -246,7 +239,7 @@ def load_figures(seconds: float = LOAD_S, hogs: int = HOGS) -> dict:
         before = _loop(kiosk.request("status"))
         cpu0, t0 = tree_cpu_s(proc.pid), time.monotonic()
         for _ in range(hogs):
-            stack.callback(_end, _hog())
+            stack.callback(end_process, _hog(), 5.0)
         results = {}
         for name, target, args in (
             ("pipeliner", _pipeliner, (PIPELINE_REQUESTS,)),

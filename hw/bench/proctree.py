@@ -1,7 +1,8 @@
 """CPU use of a process and all its descendants, from /proc (Linux; no dependency).
 
 Used by the benchmarks to measure the daemon whatever its process layout: its own process (every
-thread counted) and every child it started, found by their parent pid.
+thread counted) and every child it started, found by their parent pid; and to end the processes
+they started.
 """
 
 from __future__ import annotations
@@ -58,6 +59,19 @@ def tree_cpu_pct(root: int, seconds: float, every_s: float | None = None, do=Non
             do()
         time.sleep(min(end - now, every_s or seconds))
     return 100.0 * (tree_cpu_s(root) - c0) / (time.monotonic() - t0)
+
+
+def end_process(proc, grace_s: float) -> None:
+    """Terminate a child ``subprocess.Popen``, wait ``grace_s`` for it, then SIGKILL it (and wait
+    5 s more): a benchmark never leaves a process of its own behind."""
+    import subprocess
+
+    proc.terminate()
+    try:
+        proc.wait(grace_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
 
 
 def kill_leftovers(seen: dict[int, tuple[int, int]]) -> None:

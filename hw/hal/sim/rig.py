@@ -2,10 +2,13 @@
 
 Tests and the bench drive it tick by tick, so every run is exactly repeatable. ``stall_loop``
 models a hung control thread (ticks stop, the supervisor keeps running); ``stall_all`` models a
-frozen process (nothing runs, only the hardware dead-man acts).
+frozen process (nothing runs, only the hardware dead-man acts). ``lift_pattern`` is a person
+lifting the electrodes again and again, for the charge-balance test and bench.
 """
 
 from __future__ import annotations
+
+import random
 
 from hw.clock import SimClock
 from hw.config import Config, load_config
@@ -94,3 +97,19 @@ class SimRig:
 
     def close(self) -> None:
         self.board.close()
+
+
+def lift_pattern(rig: SimRig, seconds: float, seed: int) -> int:
+    """Contact for 1.5-4 s, lifted for 0.2-1 s, repeated ("Lift, return, repeat") for about
+    ``seconds`` of board time or until a trip, renewing the lease; returns the number of lifts.
+    The same ``seed`` gives the same pattern."""
+    rng = random.Random(seed)
+    end = rig.clock.now() + seconds
+    lifts = 0
+    while rig.clock.now() < end and not rig.guard.tripped:
+        rig.keep_lease(rng.uniform(1.5, 4.0))
+        rig.sim.inject("lift_off")
+        lifts += 1
+        rig.keep_lease(rng.uniform(0.2, 1.0))
+        rig.sim.clear("lift_off")
+    return lifts
