@@ -1,5 +1,5 @@
-"""``python -m hw``: the hardware daemon (see hw/service/daemon.py)."""
+"""``python -m hw``: the hardware daemon (see hw/service/main.py)."""
 
-from hw.service.daemon import main
+from hw.service.main import main
 
 raise SystemExit(main())

@@ -25,6 +25,7 @@ import time
 
 from hw import history
 from hw.service import daemon
+from hw.service.main import main as daemon_main
 
 
 def _disk_error(*_args, **_kwargs):
@@ -78,7 +79,7 @@ def main() -> int:
             return recent(self, *args, **kwargs)
 
         history.History.recent = slow_recent
-    return daemon.main(sys.argv[1:])
+    return daemon_main(sys.argv[1:])
 
 
 if __name__ == "__main__":
