@@ -42,8 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     from kiosk import strings as S
     from kiosk.app import KioskApp
     from kiosk.link import connect_view_model
-    from kiosk.shots import find, tap
+    from kiosk.shots import find, prepare_touch, tap
     from kiosk.viewmodel import TREATING, ViewModel
+
+    prepare_touch()  # not at the first tap, mid-treatment
 
     vm = ViewModel(None)
     link = connect_view_model(vm, args.socket)

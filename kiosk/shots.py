@@ -43,8 +43,16 @@ def find(root, text: str):
     return None
 
 
+def prepare_touch() -> None:
+    """Import what :func:`tap` needs now, before anything is measured: kivy.tests.common takes
+    180-400 ms to import here, which at a first tap during a treatment held the UI thread past
+    the 300 ms lease (LEASE_EXPIRED in python -m kiosk.bench, 3.4 s into the treatment)."""
+    import kivy.tests.common  # noqa: F401
+
+
 def tap(widget, hold_s: float = 0.0):
-    """A real touch through the window at the widget's centre (down, then up after hold_s)."""
+    """A real touch through the window at the widget's centre (down, then up after hold_s).
+    Call :func:`prepare_touch` at start-up: the first import is slow."""
     from kivy.clock import Clock
     from kivy.tests.common import UnitTestTouch
 

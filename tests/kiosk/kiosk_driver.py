@@ -213,8 +213,10 @@ class Driver:
 
         from kiosk.app import KioskApp
         from kiosk.link import connect_view_model
+        from kiosk.shots import prepare_touch
         from kiosk.viewmodel import ViewModel
 
+        prepare_touch()  # a slow first import, not at the first tap mid-treatment
         vm = self.vm = ViewModel(None)
         link = connect_view_model(vm, self.sock, backoff_s=(0.1, 0.2, 0.5))
         raw_request = link.request
