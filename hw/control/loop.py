@@ -1,4 +1,4 @@
-"""The fixed-rate current loop, its real-time runner and its supervisor.
+"""The fixed-rate current loop (run by hw.control.runner, watched by hw.safety.supervisor).
 
 Every tick (default 2 kHz, 500 us) :meth:`ControlLoop.tick`:
 
@@ -29,37 +29,18 @@ current channel frozen alone is caught within ``FROZEN_TICKS`` whatever the wave
 from __future__ import annotations
 
 import collections
-import ctypes
-import gc
 import math
-import os
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from enum import StrEnum
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
 
 from hw.clock import Clock
 from hw.config import Config
-from hw.control.tickhist import TickHistogram, bin_of
+from hw.control.state import ACTIVE, DRIVING, IDLE, CommandRefused, OutputState, Snapshot
+from hw.control.tickhist import TickHistogram
 from hw.control.waveform import Waveform, WaveformSpec
 from hw.hal.board import Board
 from hw.hal.bus import SpiFault
 from hw.safety import Fault, Guard
 from hw.safety.selftest import post_sequence
-
-
-class OutputState(StrEnum):
-    OFF = "off"
-    POST = "post"
-    RAMP_UP = "ramp_up"
-    ON = "on"
-    RAMP_DOWN = "ramp_down"
-    LIFTED = "lifted"
-    BALANCE = "balance"  # after re-contact: returning what a lift-off left unbalanced
-    TRIPPED = "tripped"
-
 
 SETTLE_S = 0.0003  # the output stage settles well within this after a step (tau ~ 60 us)
 # A live current channel moves with a +/-4 code dither (~ +/-2 uA: 6 ADC codes peak to peak);
@@ -69,58 +50,6 @@ FROZEN_TICKS = 16
 BALANCE_EPS_UC = 0.5  # net charge small enough to call balanced (0.2 % of a 250 uC bound)
 RESIDUAL_MS = 5.0  # debounce of the residual-current check (off or tripped)
 RESHUTDOWN_MS = 100.0  # while tripped, the SPI shutdown of the DAC is re-issued this often
-
-ACTIVE = frozenset(
-    {
-        OutputState.RAMP_UP,
-        OutputState.ON,
-        OutputState.RAMP_DOWN,
-        OutputState.LIFTED,
-        OutputState.BALANCE,
-    }
-)
-DRIVING = frozenset(
-    {OutputState.RAMP_UP, OutputState.ON, OutputState.RAMP_DOWN, OutputState.BALANCE}
-)
-IDLE = frozenset({OutputState.OFF, OutputState.TRIPPED})  # a runner may tick slower (can_idle)
-
-
-class CommandRefused(Exception):
-    """A command that cannot be carried out now; the message says why. Nothing was changed."""
-
-
-class Snapshot(NamedTuple):
-    """What the loop is doing, published a few hundred times a second for status and dose.
-
-    A NamedTuple, not a frozen dataclass: it is built on the real-time thread every 5 ms, and a
-    tuple costs well under a microsecond where a frozen dataclass's setattr-per-field costs ~5."""
-
-    t_s: float
-    state: OutputState
-    target_ua: float
-    amplitude_ua: float
-    measured_ua: float  # recent mean |I| over samples where the output was driving a phase
-    impedance_ohm: float | None
-    contact_quality_pct: float
-    contact: bool
-    charge_uc: float  # delivered, integral of |I|
-    net_charge_uc: float  # integral of I: the DC component
-    peak_ua: float
-    active_s: float  # time the output drove current this treatment (lifted time excluded)
-    lease_left_ms: float | None
-    post_valid: bool
-    fault: dict | None
-    residual_ua: float  # |current| measured while the output is off or tripped
-    alarm: dict | None  # current flowing with the output off: take the electrodes off
-    ticks: int
-    overruns: int
-    gap_max_ms: float  # worst time between two tick starts since the loop began
-    # The runner's histograms (hw.control.tickhist counts since it started) of tick-start lateness
-    # and of the gap between tick starts: its live arrays, not copies (a copy would cost ~5 us a
-    # publish; counts only grow, so whoever copies them gets a valid reading). Empty without a
-    # runner.
-    late_hist: Sequence[int] = ()
-    gap_hist: Sequence[int] = ()
 
 
 def _ticks(ms: float, tick_s: float) -> int:
@@ -1108,210 +1037,3 @@ class ControlLoop:
             self.runner_hists[0].counts if self.runner_hists else (),
             self.runner_hists[1].counts if self.runner_hists else (),
         )
-
-
-# ---------------------------------------------------------------------- real-time runner
-
-_PR_SET_TIMERSLACK = 29
-
-
-def _tune_thread(priority: int, own_cpu: bool = False) -> str:
-    """Ask for 1 ns timer slack and SCHED_FIFO (and, with ``own_cpu``, one CPU: the last one
-    allowed); report what the OS granted."""
-    notes = []
-    # The loop's thread on one CPU: a thread that wakes on whichever core is free pays for cold
-    # caches on every tick. Only the loop's: the supervisor must be able to run on another CPU
-    # when the loop spins out of control at a higher priority.
-    if own_cpu and hasattr(os, "sched_setaffinity"):
-        try:
-            cpus = os.sched_getaffinity(0)
-            if len(cpus) > 1:
-                cpu = max(cpus)
-                os.sched_setaffinity(0, {cpu})
-                notes.append(f"cpu {cpu}")
-        except OSError:
-            pass
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0) == 0:
-            notes.append("timerslack=1ns")
-    except OSError:
-        pass
-    if priority > 0 and hasattr(os, "sched_setscheduler"):
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-            notes.append(f"SCHED_FIFO {priority}")
-        except (PermissionError, OSError):
-            notes.append("best effort (no real-time priority)")
-    return ", ".join(notes) or "best effort"
-
-
-def idle_period_s(cfg: Config) -> float:
-    """The runner's period while the output is off or tripped (s): a quarter of the loop's rate,
-    and never more than half the supervisor's stall bound or the watchdog's ADC age, so every
-    check that still runs with the output off keeps its bound (the residual-current check is
-    judged in time, not in samples)."""
-    lp = cfg.loop
-    return min(4.0 / lp.rate_hz, lp.stall_ms / 2000.0, lp.adc_stale_ms / 2000.0)
-
-
-class LoopRunner:
-    """Runs a ControlLoop at its rate on its own thread, in real time.
-
-    Deadlines are absolute (``next += period``): a late tick does not shift the ones after it, and
-    a few missed ticks are caught up back to back, so the average rate stays exact.
-
-    While the output is off or tripped nothing needs 2 kHz: the runner ticks at
-    :func:`idle_period_s` and sleeps to each deadline without spinning (time.sleep is
-    clock_nanosleep with an absolute deadline, and releases the GIL; a spin does not). A command
-    queued meanwhile wakes it at once, and it returns to the full rate on the tick that leaves the
-    idle states.
-    """
-
-    MAX_CATCH_UP = 4
-
-    def __init__(
-        self,
-        loop: ControlLoop,
-        stats_size: int = 20000,
-        before_tick: Callable[[], None] | None = None,
-        after_tick: Callable[[], None] | None = None,
-    ):
-        self.loop = loop
-        # Hooks run on the loop's thread around every tick, inside its measured cost: the
-        # real-time process drains its command channel before and publishes after.
-        self.before_tick = before_tick
-        self.after_tick = after_tick
-        self.period_s = loop.tick_s
-        self.spin_s = loop.cfg.loop.spin_us * 1e-6
-        self.late_us: collections.deque[float] = collections.deque(maxlen=stats_size)
-        self.cost_us: collections.deque[float] = collections.deque(maxlen=stats_size)
-        # Every tick since start, in fixed histograms the loop publishes (status `loop`).
-        self.late_hist, self.gap_hist = TickHistogram(), TickHistogram()
-        loop.runner_hists = (self.late_hist, self.gap_hist)
-        self.sched_note = ""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._stall_s = 0.0
-        self.started = threading.Event()
-        self.idle_period_s = idle_period_s(loop.cfg)
-        self._wake = threading.Event()
-        loop.on_command = self._wake.set
-
-    def start(self) -> None:
-        # Everything alive now lives for the whole run: move it out of the collector's reach, so a
-        # full collection never has to walk it while the loop waits for the GIL.
-        gc.collect()
-        gc.freeze()
-        # The loop waits for the GIL whenever another thread holds it; by default a holder keeps
-        # it up to 5 ms. 0.5 ms bounds that wait to one tick (a measured cost: see hw.bench).
-        sys.setswitchinterval(0.0005)
-        self._thread = threading.Thread(target=self._run, name="current-loop", daemon=True)
-        self._thread.start()
-        self.started.wait(2.0)
-
-    def inject_stall(self, seconds: float) -> None:
-        """Fault injection: the next tick blocks for ``seconds`` (a hung loop)."""
-        self._stall_s = seconds
-
-    def _run(self) -> None:
-        self.sched_note = _tune_thread(self.loop.cfg.loop.realtime_priority, own_cpu=True)
-        loop = self.loop
-        pc = time.perf_counter
-        period, spin, idle_period = self.period_s, self.spin_s, self.idle_period_s
-        late, cost = self.late_us, self.cost_us
-        wake = self._wake
-        late_n, gap_n = self.late_hist.counts, self.gap_hist.counts
-        nxt = pc() + period
-        t_prev = nxt - period
-        self.started.set()
-        while not self._stop.is_set():
-            idle = loop.can_idle()
-            if idle:
-                rem = nxt - pc()
-                if rem > 0 and wake.wait(rem):
-                    nxt = pc()  # a command: tick now
-                wake.clear()
-            else:
-                rem = nxt - pc() - spin
-                if rem > 0:
-                    time.sleep(rem)
-                while pc() < nxt:
-                    pass
-            t0 = pc()
-            if not idle:
-                late.append((t0 - nxt) * 1e6)
-                late_n[bin_of(int((t0 - nxt) * 1e6))] += 1
-            gap_n[bin_of(int((t0 - t_prev) * 1e6))] += 1
-            t_prev = t0
-            if self._stall_s:
-                s, self._stall_s = self._stall_s, 0.0
-                time.sleep(s)
-            if self.before_tick is not None:
-                self.before_tick()
-            loop.tick()
-            if self.after_tick is not None:
-                self.after_tick()
-            t1 = pc()
-            if not idle:
-                cost.append((t1 - t0) * 1e6)
-            nxt += idle_period if idle and loop.can_idle() else period
-            if t1 > nxt:
-                loop.overruns += 1
-                if t1 - nxt > self.MAX_CATCH_UP * period:
-                    # Far behind (a long stall): skip ahead rather than burst through old ticks.
-                    nxt += (int((t1 - nxt) / period) + 1) * period
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2.0)
-
-
-class Supervisor:
-    """Another thread that trips when the loop stops ticking. Also the watchdog's health view."""
-
-    def __init__(self, loop: ControlLoop, clock: Clock):
-        self.loop = loop
-        self.clock = clock
-        self.stall_s = loop.cfg.loop.stall_ms / 1000.0
-        self.adc_stale_s = loop.cfg.loop.adc_stale_ms / 1000.0
-        self.period_s = loop.cfg.loop.supervisor_period_ms / 1000.0
-        self.last_check_s = clock.now()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def check(self) -> bool:
-        """One supervision pass; returns whether the loop is fresh."""
-        now = self.clock.now()
-        self.last_check_s = now
-        fresh = now - self.loop.last_tick_s <= self.stall_s
-        if not fresh and self.loop.state in ACTIVE | {OutputState.POST}:
-            self.loop.guard.trip(
-                Fault.LOOP_STALL, f"no tick for {(now - self.loop.last_tick_s) * 1000:.1f} ms"
-            )
-        return fresh
-
-    def healthy(self) -> bool:
-        """All liveness inputs fresh: the loop ticks, the ADC answers, the supervisor runs."""
-        now = self.clock.now()
-        loop = self.loop
-        return (
-            now - loop.last_tick_s <= self.stall_s
-            and now - loop.last_adc_s <= self.adc_stale_s
-            and now - self.last_check_s <= 10 * self.period_s
-        )
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="loop-supervisor", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        _tune_thread(max(0, self.loop.cfg.loop.realtime_priority - 1))
-        while not self._stop.wait(self.period_s):
-            self.check()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2.0)

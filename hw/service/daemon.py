@@ -40,18 +40,13 @@ from pathlib import Path
 from hw.clock import MonotonicClock
 from hw.config import Config, ConfigError, load_config
 from hw.config.boardfile import board_path_for
-from hw.control.loop import (
-    ACTIVE,
-    CommandRefused,
-    ControlLoop,
-    LoopRunner,
-    OutputState,
-    Supervisor,
-)
+from hw.control.loop import ACTIVE, CommandRefused, ControlLoop, OutputState
+from hw.control.runner import LoopRunner
 from hw.hal.board import Board
 from hw.history import History, HistoryError, TreatmentSummary, ZoneSummary
 from hw.journal import log_realtime, setup_logging
 from hw.safety import Fault, Guard
+from hw.safety.supervisor import Supervisor
 from hw.service import protocol as P
 from hw.service.engine import Engine, EngineRefused, State
 
