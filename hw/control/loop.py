@@ -40,20 +40,31 @@ from hw.control.waveform import Waveform, WaveformSpec
 from hw.hal.board import Board
 from hw.hal.bus import SpiFault
 from hw.safety import Fault, Guard
+from hw.safety import monitor as M
 from hw.safety.selftest import post_sequence
+from hw.safety.thresholds import (
+    BALANCE_EPS_UC,
+    DITHER_CODES,
+    FROZEN_TICKS,
+    RESHUTDOWN_MS,
+    RESIDUAL_MS,
+    Thresholds,
+)
 
-SETTLE_S = 0.0003  # the output stage settles well within this after a step (tau ~ 60 us)
-# A live current channel moves with a +/-4 code dither (~ +/-2 uA: 6 ADC codes peak to peak);
-# 16 identical conversions in a row (8 ms at 2 kHz) while driving is a frozen channel.
-DITHER_CODES = 4
-FROZEN_TICKS = 16
-BALANCE_EPS_UC = 0.5  # net charge small enough to call balanced (0.2 % of a 250 uC bound)
-RESIDUAL_MS = 5.0  # debounce of the residual-current check (off or tripped)
-RESHUTDOWN_MS = 100.0  # while tripped, the SPI shutdown of the DAC is re-issued this often
-
-
-def _ticks(ms: float, tick_s: float) -> int:
-    return max(1, math.ceil(ms * 1e-3 / tick_s - 1e-9))
+__all__ = [
+    "ACTIVE",
+    "BALANCE_EPS_UC",
+    "DITHER_CODES",
+    "DRIVING",
+    "FROZEN_TICKS",
+    "IDLE",
+    "RESHUTDOWN_MS",
+    "RESIDUAL_MS",
+    "CommandRefused",
+    "ControlLoop",
+    "OutputState",
+    "Snapshot",
+]
 
 
 class ControlLoop:
@@ -68,53 +79,33 @@ class ControlLoop:
         self.guard = guard or Guard(board, clock)
         lim, fe, ch = cfg.limits, cfg.hardware.front_end, cfg.hardware.adc_channels
         self.tick_s = 1.0 / cfg.loop.rate_hz
-        ts = self.tick_s
+        self.th = th = Thresholds(cfg, self.tick_s)  # every check's limit, with its rationale
         self._ch_i, self._ch_v = ch.current, ch.electrode_voltage
         self._aux = (ch.compliance_rail, ch.reference)
         # Scale factors
         self._adc_zero = float(fe.adc_zero_code)
         self._adc_ua = fe.adc_ua_per_code
         self._v_per = fe.electrode_v_per_code
-        self._v_comp = 0.9 * fe.compliance_v
         self._dac_zero = fe.dac_zero_code
         self._dac_ua = fe.dac_ua_per_code
         # Never command more than the limit plus the most any correction may add.
         self._max_codes = int(lim.max_current_ua * 1.15 / fe.dac_ua_per_code)
-        # Thresholds, as tick counts where debounced
-        self._oc_ua = lim.overcurrent_trip_ua
-        self._tol_pct = lim.setpoint_tolerance_pct / 100.0
-        self._tol_ua = lim.setpoint_tolerance_ua
-        self._n_oc = _ticks(lim.overcurrent_debounce_ms, ts)
-        self._follow_ratio = lim.follow_ratio
-        self._follow_min = lim.follow_min_ua
-        self._n_follow = _ticks(lim.follow_debounce_ms, ts)
-        self._n_lift = _ticks(lim.lift_debounce_ms, ts)
-        self._z_min, self._z_max = lim.min_impedance_ohm, lim.max_impedance_ohm
         # Contact quality's log scale (see _publish), precomputed off the real-time path.
-        q_lo = math.log(min(20000.0, self._z_max / 2))
-        self._q_log_hi = math.log(self._z_max)
+        q_lo = math.log(min(20000.0, th.z_max_ohm / 2))
+        self._q_log_hi = math.log(th.z_max_ohm)
         self._q_log_scale = 1.0 / (self._q_log_hi - q_lo)
         self._fault_seen = self._alarm_seen = None
         self._fault_dict = self._alarm_dict = None
-        self._n_z = _ticks(lim.impedance_debounce_ms, ts)
-        self._n_zlo = max(2, self._n_z // 4)  # on the smoothed value, which already averages
-        self._q_max = lim.max_net_charge_uc
-        self._zero_tol = cfg.hardware.post.zero_tolerance_ua
-        # Judged in time, not in samples: while the output is off the loop may tick slower.
-        self._resid_hold_s = (_ticks(RESIDUAL_MS, ts) - 1) * ts - 1e-9
-        self._reshut_s = RESHUTDOWN_MS / 1000.0
         self._reshut_at_s = -math.inf
-        self._z_settle_s = 2 * ts - 1e-9  # as long as two ticks take at the loop's rate
-        self._lifted_max_s = lim.lifted_max_s
-        rail_tol = fe.rail_nominal_v * fe.rail_tolerance_pct / 100.0
-        self._rail_lo = (fe.rail_nominal_v - rail_tol) / fe.rail_v_per_code
-        self._rail_hi = (fe.rail_nominal_v + rail_tol) / fe.rail_v_per_code
-        self._ref_lo = fe.reference_code - fe.reference_tolerance_codes
-        self._ref_hi = fe.reference_code + fe.reference_tolerance_codes
-        self._lease_s = lim.lease_ms / 1000.0
+        # The per-sample checks' own debounce state (hw.safety.monitor), reset in place.
+        self._resid = M.Residual()
+        self._aux_chk = M.AuxChannel()
+        self._chan_chk = M.CurrentChannel()
+        self._setpoint = M.Setpoint()
+        self._contact = M.Contact()
         # The engine's heartbeat bound (never above the lease). None until the first beat: a loop
         # with no service above it (bench, POST tests) is not supervised this way.
-        self.service_beat_max_s = min(cfg.loop.service_heartbeat_ms / 1000.0, self._lease_s)
+        self.service_beat_max_s = th.service_beat_max_s
         self.service_beat_s: float | None = None
         self._slew_up = lim.max_current_ua / lim.ramp_up_s  # uA per second
         self._probe_ua = lim.probe_current_ua
@@ -171,20 +162,14 @@ class ControlLoop:
         self._cmd_prev2 = 0.0
         self._t_cmd_change = -1.0  # when the command last changed sign or size, and from what
         self._cmd_old_abs = 0.0
-        self._code0_prev = -1
-        self._n = {k: 0 for k in ("oc", "follow", "lift", "zlo", "zhi", "ref", "rail", "froz")}
-        self._resid_since_s = None
+        self._resid.since_s = None
         self._q_closed_uc = self.q_net_uc  # net charge at the end of the last whole pair
         self._bal_sign = 0.0
         self._meas_acc = 0.0
         self._meas_n = 0
         self.measured_ua = 0.0
         self.impedance_ohm: float | None = None
-        self._z_ema: float | None = None
-        self._zbuf = [0.0] * 16
-        self._zk = 0
-        self._zn = 0
-        self._zsum = 0.0
+        self._imp = M.Impedance()  # the impedance estimate and the electrodes-touching check
         self.contact = True
         self.lease_deadline: float | None = None
         self.max_output_s = self.cfg.limits.max_output_s
@@ -195,8 +180,8 @@ class ControlLoop:
         self._probe_good = 0
         self._probe_bad = 0
         self._good_since: float | None = None
-        self._same_code = 0
         self._cmd_dithered = False
+        self._reset_checks()
 
     # ------------------------------------------------------------------ commands (any thread)
     def _queue(self, fn: Callable[[], None]) -> None:
@@ -244,7 +229,7 @@ class ControlLoop:
             self.max_output_s = min(self.cfg.limits.max_output_s, self.active_s + limit)
             self.wave = Waveform(spec, self.tick_s)
             self.target_ua = float(target_ua)
-            self.lease_deadline = self.clock.now() + self._lease_s
+            self.lease_deadline = self.clock.now() + self.th.lease_s
             self.board.lines.output_led.on()
             self._q_carry_uc = 0.0
             if resume and abs(self.q_net_uc) > BALANCE_EPS_UC:
@@ -328,7 +313,7 @@ class ControlLoop:
     def renew_lease(self) -> None:
         def apply() -> None:
             if self.state in ACTIVE:
-                self.lease_deadline = self.clock.now() + self._lease_s
+                self.lease_deadline = self.clock.now() + self.th.lease_s
 
         self._queue(apply)
 
@@ -376,7 +361,7 @@ class ControlLoop:
         reason = self.guard.acknowledge(self._cause_present)
         if reason:
             raise CommandRefused(reason)
-        self._resid_since_s = None
+        self._resid.since_s = None
 
         def apply() -> None:
             if not self.guard.tripped and self.state == OutputState.TRIPPED:
@@ -387,7 +372,7 @@ class ControlLoop:
 
     def _cause_present(self) -> str | None:
         lines = self.board.lines
-        if self.residual_ua > self._zero_tol:
+        if self.residual_ua > self.th.zero_tol_ua:
             return (
                 f"{self.residual_ua:.0f} uA still flows with the output off: take the electrodes "
                 "off and contact service"
@@ -423,9 +408,7 @@ class ControlLoop:
         self.state = OutputState.OFF
         self.amplitude_ua = 0.0
         self._cmd_prev = self._cmd_prev2 = 0.0
-        self._code0_prev = -1
-        for k in self._n:
-            self._n[k] = 0
+        self._reset_checks()
         self._event("output_off", reason=why)
 
     def _to_code(self, ua: float) -> int:
@@ -482,15 +465,13 @@ class ControlLoop:
         if self.state in ACTIVE or self.state == OutputState.POST:
             # Current flowed on purpose until now: what flows from here on is residual. (From
             # the off state it already was, and its time keeps counting.)
-            self._resid_since_s = None
+            self._resid.since_s = None
         self.state = OutputState.TRIPPED
         self._post = None
         self.amplitude_ua = 0.0
         self.target_ua = 0.0
         self._cmd_prev = self._cmd_prev2 = 0.0
-        self._code0_prev = -1
-        for k in self._n:
-            self._n[k] = 0
+        self._reset_checks()
         self.lease_deadline = None
         self._publish(self.clock.now())
 
@@ -505,30 +486,35 @@ class ControlLoop:
     def can_idle(self) -> bool:
         """Whether a runner may tick at its idle rate: the output off or tripped, and no
         current flowing (a residual current is watched at the full rate)."""
-        return self.state in IDLE and self.residual_ua <= self._zero_tol
+        return self.state in IDLE and self.residual_ua <= self.th.zero_tol_ua
+
+    def _reset_checks(self) -> None:
+        """Every check's debounce back to zero (the output ended, or a fault): the impedance
+        estimate and the residual-current timer are kept."""
+        self._aux_chk.ref_n = self._aux_chk.rail_n = 0
+        self._chan_chk.reset()
+        self._setpoint.n = 0
+        self._contact.reset()
+        self._imp.lo_n = 0
 
     def _check_residual(self, now: float, i: float, where: str) -> bool:
         """Current with the output off: nothing may flow. Raises the alarm; True if raised."""
         ai = i if i >= 0 else -i
         self.residual_ua = ai
-        if ai > self._zero_tol:
-            since = self._resid_since_s
-            if since is None:
-                self._resid_since_s = since = now
-            if now - since >= self._resid_hold_s:
-                if self.guard.alarm is None:
-                    self.guard.raise_alarm(
-                        Fault.RESIDUAL_CURRENT, f"{i:.1f} uA with the output {where}"
-                    )
-                return True
-        else:
-            self._resid_since_s = None
+        if self._resid.held(now, ai, self.th):
+            if self.guard.alarm is None:
+                self.guard.raise_alarm(
+                    Fault.RESIDUAL_CURRENT, f"{i:.1f} uA with the output {where}"
+                )
+            return True
         return False
 
     def _tick(self, now: float, gap: float) -> bool:
+        """Drain-free part of the tick: inputs, sample, every check (hw.safety.monitor, in its
+        order; the first report trips), then regulate and actuate. True if the tick succeeded."""
         g = self.guard
         b = self.board
-        lines = b.lines
+        th = self.th
         state = self.state
         if g.tripped:
             # Keep sampling: the watchdog needs a live ADC, and the cut is seen to hold: current
@@ -539,42 +525,25 @@ class ControlLoop:
             self._check_residual(
                 now, (code - self._adc_zero - self.adc_offset_codes) * self._adc_ua, "tripped"
             )
-            if now - self._reshut_at_s >= self._reshut_s:
+            if now - self._reshut_at_s >= th.reshut_s:
                 self._reshut_at_s = now
                 self._reshutdown()
             return False
-        # -- inputs that matter in every state
-        if lines.estop_pin.state:  # normally-closed: high = pressed or wire broken
-            g.trip(Fault.ESTOP, "e-stop button")
-            return False
+        lines = b.lines
         active = state in ACTIVE
-        if active:
-            if lines.charger_pin.state:
-                g.trip(Fault.CHARGER, "charger detected during output")
-                return False
-            if lines.latch_pin.state:
-                g.trip(Fault.HW_OVERCURRENT, "comparator latch set")
-                return False
-            # A ramp-down only goes toward zero by itself: it needs no lease to finish.
-            if (
-                self.lease_deadline is not None
-                and now > self.lease_deadline
-                and state != OutputState.RAMP_DOWN
-            ):
-                g.trip(Fault.LEASE_EXPIRED, f"lease {self._lease_s * 1000:.0f} ms not renewed")
-                return False
-            # A dead or stuck engine must not leave the output on (its decisions end a treatment).
-            beat = self.service_beat_s
-            if (
-                beat is not None
-                and now - beat > self.service_beat_max_s
-                and state != OutputState.RAMP_DOWN
-            ):
-                g.trip(Fault.INTERNAL, f"service heartbeat lost ({(now - beat) * 1000:.0f} ms)")
-                return False
-            if gap > self.cfg.loop.stall_ms / 1000.0:
-                g.trip(Fault.LOOP_STALL, f"loop resumed after {gap * 1000:.1f} ms")
-                return False
+        r = M.interlocks(
+            lines,
+            active,
+            state == OutputState.RAMP_DOWN,
+            now,
+            self.lease_deadline,
+            self.service_beat_s,
+            gap,
+            th,
+        )
+        if r is not None:
+            g.trip(*r)
+            return False
         if state == OutputState.POST:
             return self._post_tick(now)
 
@@ -589,61 +558,25 @@ class ControlLoop:
         self.last_adc_s = now
         i = (c0 - self._adc_zero - self.adc_offset_codes) * self._adc_ua
         v = (c1 - 2048) * self._v_per
-        n = self._n
+        ai = i if i >= 0 else -i
         # Output off: nothing may flow. Judged before the checks below, so a current that trips
         # one of them (an over-current with the output off) already counts as residual.
         resid = not active and not lines.enable_pin.state and self._check_residual(now, i, "off")
 
         # -- checks that hold in every state
-        if c0 <= 0 or c0 >= 4095:
-            g.trip(Fault.ADC_SATURATED, f"current channel code {c0}")
-            return False
-        ai = i if i >= 0 else -i
-        if ai > self._oc_ua:
-            g.trip(Fault.OVERCURRENT, f"{i:.0f} uA measured, limit {self._oc_ua:.0f} uA")
-            return False
-        if self._aux_i:  # reference channel this tick
-            if ca < self._ref_lo or ca > self._ref_hi:
-                n["ref"] += 1
-                if n["ref"] >= 2:
-                    g.trip(Fault.ADC_REFERENCE, f"reference code {ca}")
-                    return False
-            else:
-                n["ref"] = 0
-        else:
-            if ca < self._rail_lo or ca > self._rail_hi:
-                n["rail"] += 1
-                if n["rail"] >= 3:
-                    g.trip(Fault.RAIL, f"rail code {ca}")
-                    return False
-            else:
-                n["rail"] = 0
         prev = self._cmd_prev
-        aprev = prev if prev >= 0 else -prev
-        # A conversion that does not move although the command moved by a lot: a frozen ADC.
-        if c0 == self._code0_prev:
-            d = prev - self._cmd_prev2
-            if d >= self._follow_min or d <= -self._follow_min:
-                n["froz"] += 1
-                if n["froz"] >= 2:
-                    g.trip(Fault.ADC_STUCK, f"code {c0} unchanged while the command moved")
-                    return False
+        r = (
+            M.adc_saturated(c0)
+            or M.overcurrent(i, ai, th)
+            or self._aux_chk.check(self._aux_i, ca, th)
             # While driving, the dither moves a live channel every tick (see DITHER_CODES).
-            if state in DRIVING and self._cmd_dithered:
-                self._same_code += 1
-                if self._same_code >= FROZEN_TICKS:
-                    g.trip(
-                        Fault.ADC_STUCK,
-                        f"current channel code {c0} unchanged for {self._same_code} samples",
-                    )
-                    return False
-            else:
-                self._same_code = 0
-        else:
-            n["froz"] = 0
-            self._same_code = 0
-        self._code0_prev = c0
-
+            or self._chan_chk.check(
+                c0, prev, self._cmd_prev2, state in DRIVING and self._cmd_dithered, th
+            )
+        )
+        if r is not None:
+            g.trip(*r)
+            return False
         if not active:
             return not resid
 
@@ -655,88 +588,47 @@ class ControlLoop:
             self.active_s += dt
         if ai > self.peak_ua:
             self.peak_ua = ai
-        if self.q_net_uc > self._q_max or self.q_net_uc < -self._q_max:
-            g.trip(Fault.NET_CHARGE, f"net {self.q_net_uc:.1f} uC, limit {self._q_max:.0f} uC")
-            return False
-        if self.active_s > self.max_output_s:
-            g.trip(Fault.OUTPUT_TIME, f"{self.active_s:.0f} s of output")
+        r = M.dose(self.q_net_uc, self.active_s, self.max_output_s, th)
+        if r is not None:
+            g.trip(*r)
             return False
         if state == OutputState.LIFTED:
             return self._lifted_tick(now, i, v)
 
         if self._over_setpoint(now, i, "command"):
             return False
+        aprev = prev if prev >= 0 else -prev
         av = v if v >= 0 else -v
         # Judged in time, not in ticks: after a late tick the runner catches up with ticks back to
         # back, and a sample taken within the stage's settling time of a command change (or, for
         # the impedance, within two ticks' time: the skin's RC) says nothing about the contact.
         since_change = now - self._t_cmd_change
-        if since_change < SETTLE_S:
-            pass  # neither counts toward nor clears the follow and lift debounces
-        elif aprev >= self._follow_min and ai < self._follow_ratio * aprev:
-            if av >= self._v_comp:
-                n["lift"] += 1
-                n["follow"] = 0
-                if n["lift"] >= self._n_lift:
-                    self._lift(now, "open load at compliance")
-                    return True
-            else:
-                n["follow"] += 1
-                n["lift"] = 0
-                if n["follow"] >= self._n_follow:
-                    g.trip(
-                        Fault.OPEN_CIRCUIT,
-                        f"{i:.1f} uA for a {prev:.0f} uA command at {v:.2f} V",
-                    )
-                    return False
-        else:
-            n["lift"] = n["follow"] = 0
+        contact = self._contact
+        r = contact.follow(since_change, i, ai, prev, aprev, v, av, th)
+        if r is not None:
+            return self._contact_report(now, r)
         # Settled: the same polarity and (within trim) the same amplitude as the tick before.
         p2 = self._cmd_prev2
         settled = (
-            aprev >= self._follow_min
+            aprev >= th.follow_min_ua
             and prev * p2 > 0
             and -0.03 * aprev < prev - p2 < 0.03 * aprev
-            and since_change >= self._z_settle_s
+            and since_change >= th.z_settle_s
         )
-        if settled and prev * i > 0 and av < self._v_comp:
-            z = v / i * 1e6
-            ze = self._z_ema
-            self._z_ema = z if ze is None else ze + 0.05 * (z - ze)
-            self.impedance_ohm = self._z_ema
-            # Electrodes touching: judged on the mean of the last 16 settled samples. At 100 uA
-            # a 150 ohm short is 15 mV, about one code of the electrode-voltage channel, so
-            # single samples are mostly noise; 16 of them average it 4x and forget in 8 ms.
-            zb = self._zbuf
-            k = self._zk
-            self._zsum += z - zb[k]
-            zb[k] = z
-            self._zk = (k + 1) & 15
-            if self._zn < 16:
-                self._zn += 1
-            elif self._zsum < 16.0 * self._z_min:
-                n["zlo"] += 1
-                if n["zlo"] >= self._n_zlo:
-                    g.trip(Fault.IMPEDANCE_LOW, f"{self._zsum / 16:.0f} ohm (mean of 16)")
-                    return False
-            else:
-                n["zlo"] = 0
-        if aprev >= self._follow_min and (
-            av >= self._v_comp
-            or (self.impedance_ohm is not None and self.impedance_ohm > self._z_max)
-        ):
-            # Compliance-limited or poor contact: too little skin to treat safely.
-            n["zhi"] += 1
-            if n["zhi"] >= self._n_z:
-                self._lift(now, "impedance above limit")
-                return True
-        else:
-            n["zhi"] = 0
-        if aprev >= self._follow_min:
+        if settled and prev * i > 0 and av < th.v_comp_v:
+            r = self._imp.sample(v / i * 1e6, th)
+            self.impedance_ohm = self._imp.ema_ohm
+            if r is not None:
+                g.trip(*r)
+                return False
+        r = contact.impedance_high(aprev, av, self.impedance_ohm, th)
+        if r is not None:
+            return self._contact_report(now, r)
+        if aprev >= th.follow_min_ua:
             self._meas_acc += ai
             self._meas_n += 1
             # Learn the per-polarity gain on settled samples, not while compliance-limited.
-            if settled and av < self._v_comp and prev * i > 0:
+            if settled and av < th.v_comp_v and prev * i > 0:
                 s = 1.0 if prev > 0 else -1.0
                 gk = self._g[s] * (1.0 + 0.02 * (prev - i) / prev * s * s)
                 self._g[s] = 0.9 if gk < 0.9 else 1.1 if gk > 1.1 else gk
@@ -744,31 +636,31 @@ class ControlLoop:
         # -- next command
         return self._drive(now)
 
+    def _contact_report(self, now: float, r: tuple) -> bool:
+        """A contact check's report: a lift-off (the tick goes on lifted) or a fault (trips)."""
+        if r[0] is M.LIFT:
+            self._lift(now, r[1])
+            return True
+        self.guard.trip(*r)
+        return False
+
     def _over_setpoint(self, now: float, i: float, what: str) -> bool:
-        """Debounced check that the current stays within its last command; trips and returns
-        True when it does not. Just after a command change the stage is still settling: the
-        current may be anywhere between the old and the new command (late ticks caught up back to
-        back sample early). An over-current is above both."""
-        prev = self._cmd_prev
-        env = prev if prev >= 0 else -prev
-        ai = i if i >= 0 else -i
-        settling = now - self._t_cmd_change < SETTLE_S
-        if settling and self._cmd_old_abs > env:
-            env = self._cmd_old_abs
-        allowed = env + max(env * self._tol_pct, self._tol_ua)
-        n = self._n
-        if ai > allowed or (prev * i < 0 and ai > self._tol_ua and not settling):
-            n["oc"] += 1
-            if n["oc"] >= self._n_oc:
-                self.guard.trip(
-                    Fault.OVERCURRENT_SETPOINT,
-                    f"{i:.0f} uA measured for a {prev:.0f} uA {what} (the command before: "
-                    f"{self._cmd_prev2:.0f} uA; {(now - self._t_cmd_change) * 1e3:.2f} ms since "
-                    f"it changed from {self._cmd_old_abs:.0f} uA; state {self.state})",
-                )
-                return True
-        else:
-            n["oc"] = 0
+        """The current within its last command (hw.safety.monitor.Setpoint); trips and returns
+        True when it is not."""
+        r = self._setpoint.check(
+            now,
+            i,
+            self._cmd_prev,
+            self._cmd_prev2,
+            self._t_cmd_change,
+            self._cmd_old_abs,
+            what,
+            self.state,
+            self.th,
+        )
+        if r is not None:
+            self.guard.trip(*r)
+            return True
         return False
 
     def _note_command(self, now: float, cmd: float) -> None:
@@ -866,7 +758,7 @@ class ControlLoop:
         if left_uc <= BALANCE_EPS_UC:
             return self._end_balance()
         # Charge a ramp down from amp carries: amp^2 / (2 slew); ramp up while it is not enough.
-        cap = max(self._follow_min, min(self.target_ua, self.cfg.limits.level_max_ua))
+        cap = max(self.th.follow_min_ua, min(self.target_ua, self.cfg.limits.level_max_ua))
         if amp * amp / (2.0 * slew) < left_uc and amp < cap:
             amp = min(cap, amp + slew * dt)
         elif amp * amp / (2.0 * slew) >= left_uc:
@@ -902,8 +794,9 @@ class ControlLoop:
         self._next_probe = now + self._probe_interval_s
         self._probe_left = 0
         self._good_since = None
-        for k in ("lift", "follow", "zhi", "zlo", "oc"):
-            self._n[k] = 0
+        self._contact.reset()
+        self._imp.lo_n = 0
+        self._setpoint.n = 0
         self._event("contact_lost", reason=why)
 
     def _pending_wave_apply(self) -> None:
@@ -918,7 +811,7 @@ class ControlLoop:
         if self._over_setpoint(now, i, "probe" if self._probe_left else "zero while lifted"):
             return False
         if self._probe_left == 0:
-            if now - self._lifted_since >= self._lifted_max_s:
+            if now - self._lifted_since >= self.th.lifted_max_s:
                 self._output_off("contact lost for too long")
                 self._event("lift_timeout", lifted_s=round(now - self._lifted_since, 3))
                 return True
@@ -932,7 +825,7 @@ class ControlLoop:
         # Judge the settled samples for contact.
         self._probe_left -= 1
         if self._probe_left < self._probe_ticks - 2:
-            ok = abs(i) >= 0.6 * self._probe_ua and abs(v) < self._v_comp
+            ok = abs(i) >= 0.6 * self._probe_ua and abs(v) < self.th.v_comp_v
             if ok:
                 self._probe_good += 1
             else:
@@ -956,7 +849,7 @@ class ControlLoop:
         """Skin found again: return the unbalanced charge, then ramp from zero (no sting)."""
         self.contact = True
         self.amplitude_ua = 0.0
-        self._z_ema = None
+        self._imp.ema_ohm = None
         self._event("contact_restored", lifted_s=round(now - self._lifted_since, 3))
         if abs(self.q_net_uc) > BALANCE_EPS_UC:
             self._begin_balance()
