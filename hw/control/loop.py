@@ -32,6 +32,7 @@ from hw.config import Config
 from hw.control.balance import ChargeBalance
 from hw.control.commands import Commands
 from hw.control.contact import LiftOff
+from hw.control.postport import LoopPostPort
 from hw.control.regulator import Regulator
 from hw.control.state import ACTIVE, DRIVING, IDLE, CommandRefused, OutputState, Snapshot
 from hw.control.status import Status
@@ -456,7 +457,7 @@ class ControlLoop(Commands, Regulator, LiftOff, ChargeBalance, Status):
         self._g = {1.0: 1.0, -1.0: 1.0}  # a new calibration: learn the gain afresh
         self.state = OutputState.POST
         self.post_result = None
-        self._post = post_sequence(self)
+        self._post = post_sequence(LoopPostPort(self))  # POST sees only the port
         self._post_wait_until = self.clock.now()
 
     def _post_tick(self, now: float) -> bool:
