@@ -7,7 +7,8 @@ from __future__ import annotations
 import pytest
 
 from hw.config import load_config
-from hw.control.loop import IDLE, RESHUTDOWN_MS, RESIDUAL_MS, OutputState, idle_period_s
+from hw.control.loop import IDLE, RESHUTDOWN_MS, RESIDUAL_MS, OutputState
+from hw.control.runner import idle_period_s
 from hw.safety import Fault
 
 

@@ -303,9 +303,10 @@ def _rig_believing(board_path):
     """The simulated board as built (the packaged board file) under a loop that was given
     ``board_path``: what happens when a board file does not describe its board."""
     from hw.config import load_config
-    from hw.control.loop import ControlLoop, Supervisor
+    from hw.control.loop import ControlLoop
     from hw.hal.sim.rig import SimRig
     from hw.safety import Guard
+    from hw.safety.supervisor import Supervisor
 
     believed = load_config(env={}, board_path=board_path)  # valid: ranges, checksum, cross-checks
     rig = SimRig()

@@ -48,7 +48,8 @@ def test_the_runner_counts_every_tick_and_the_snapshot_publishes_the_counts():
     on an event and lateness means nothing) adds one lateness, as its lateness deque does."""
     from hw.clock import MonotonicClock
     from hw.config import load_config
-    from hw.control.loop import ControlLoop, LoopRunner
+    from hw.control.loop import ControlLoop
+    from hw.control.runner import LoopRunner
     from hw.hal.board import build_sim_board
 
     cfg = load_config(None)

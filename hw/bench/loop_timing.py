@@ -16,9 +16,11 @@ from hw.control.waveform import WaveformSpec
 
 def loop_timing(cfg: Config, seconds: float) -> dict:
     from hw.clock import MonotonicClock
-    from hw.control.loop import ControlLoop, LoopRunner, Supervisor
+    from hw.control.loop import ControlLoop
+    from hw.control.runner import LoopRunner
     from hw.hal.board import build_sim_board
     from hw.safety import Guard
+    from hw.safety.supervisor import Supervisor
 
     clock = MonotonicClock()
     board = build_sim_board(cfg, clock)

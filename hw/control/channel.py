@@ -25,7 +25,7 @@ import struct
 from enum import IntEnum
 from typing import NamedTuple
 
-from hw.control.loop import OutputState
+from hw.control.state import OutputState
 from hw.control.tickhist import BINS
 from hw.safety import Fault
 

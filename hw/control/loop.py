@@ -1,133 +1,74 @@
-"""The fixed-rate current loop, its real-time runner and its supervisor.
+"""The fixed-rate current loop: one board's ``ControlLoop``, its state and its tick.
 
-Every tick (default 2 kHz, 500 us) :meth:`ControlLoop.tick`:
+Every tick (default 2 kHz, 500 us; run by hw.control.runner, watched by hw.safety.supervisor),
+:meth:`ControlLoop.tick`:
 
-1. applies queued commands (from other threads; nothing else crosses threads),
-2. reads the e-stop, charger and hardware-latch lines,
+1. applies queued commands (hw.control.commands; from other threads, nothing else crosses threads),
+2. checks the inputs (hw.safety.monitor ``interlocks``: e-stop, charger, hardware latch, lease,
+   engine heartbeat, tick gap),
 3. converts the shunt current, the electrode voltage and, alternately, the compliance rail or the
    ADC reference,
-4. runs every per-sample check against the command written on the previous tick (that is what the
-   plant has had a tick to follow); any failure calls ``Guard.trip``,
-5. computes the next command: waveform x ramped amplitude, corrected by the self-test calibration,
-   a per-polarity gain that learns from settled samples, and a small trim that drains net DC charge,
-6. writes DAC A (every tick: an output that is not re-confirmed is not trusted),
-7. toggles the dead-man kick, only if the output is on and the whole tick succeeded.
+4. runs every per-sample check (hw.safety.monitor, thresholds from hw.safety.thresholds) against
+   the command written on the previous tick (that is what the plant has had a tick to follow); the
+   first report calls ``Guard.trip``, and a lift-off is handed to hw.control.contact,
+5. computes and writes the next command (hw.control.regulator; after a lift-off,
+   hw.control.balance first returns the charge it left): DAC A every tick (an output that is not
+   re-confirmed is not trusted),
+6. toggles the dead-man kick, only if the output is on and the whole tick succeeded,
+7. every SNAPSHOT_EVERY ticks publishes a snapshot (hw.control.status).
 
-Lift-off (current falls while the electrode voltage hits compliance) is not a fault: the current
-drops to zero at once (the DAC; the relay stays closed, as in a waveform's rest, so probing never
-cycles it), the waveform and timers pause, short probe bursts look for the skin again, and after
-``recontact_ms`` of good contact the charge the lift left unbalanced is returned (a gentle ramp of
-the opposite polarity, closed on the *measured* net charge) before the amplitude ramps up from
-zero. Lifted longer than ``lifted_max_s``, the output is cut (relay open) and stays off: only a new
-start (the engine's explicit resume) brings it back. Everything that is a fault trips.
-
-While the output drives, the DAC code carries a small alternating dither (+/- ``DITHER_CODES``,
-about 2 uA, charge-balanced tick by tick): a live current channel sees it in every sample, so a
-current channel frozen alone is caught within ``FROZEN_TICKS`` whatever the waveform.
+While the self-test runs (state POST) the tick advances hw.safety.selftest instead of 3-5.
+Everything that is a fault trips; nothing resumes by itself.
 """
 
 from __future__ import annotations
 
 import collections
-import ctypes
-import gc
 import math
-import os
-import sys
-import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
-from enum import StrEnum
-from typing import NamedTuple
+from collections.abc import Callable, Iterator
 
 from hw.clock import Clock
 from hw.config import Config
-from hw.control.tickhist import TickHistogram, bin_of
+from hw.control.balance import ChargeBalance
+from hw.control.commands import Commands
+from hw.control.contact import LiftOff
+from hw.control.postport import LoopPostPort
+from hw.control.regulator import Regulator
+from hw.control.state import ACTIVE, DRIVING, IDLE, CommandRefused, OutputState, Snapshot
+from hw.control.status import Status
+from hw.control.tickhist import TickHistogram
 from hw.control.waveform import Waveform, WaveformSpec
 from hw.hal.board import Board
 from hw.hal.bus import SpiFault
 from hw.safety import Fault, Guard
+from hw.safety import monitor as M
 from hw.safety.selftest import post_sequence
-
-
-class OutputState(StrEnum):
-    OFF = "off"
-    POST = "post"
-    RAMP_UP = "ramp_up"
-    ON = "on"
-    RAMP_DOWN = "ramp_down"
-    LIFTED = "lifted"
-    BALANCE = "balance"  # after re-contact: returning what a lift-off left unbalanced
-    TRIPPED = "tripped"
-
-
-SETTLE_S = 0.0003  # the output stage settles well within this after a step (tau ~ 60 us)
-# A live current channel moves with a +/-4 code dither (~ +/-2 uA: 6 ADC codes peak to peak);
-# 16 identical conversions in a row (8 ms at 2 kHz) while driving is a frozen channel.
-DITHER_CODES = 4
-FROZEN_TICKS = 16
-BALANCE_EPS_UC = 0.5  # net charge small enough to call balanced (0.2 % of a 250 uC bound)
-RESIDUAL_MS = 5.0  # debounce of the residual-current check (off or tripped)
-RESHUTDOWN_MS = 100.0  # while tripped, the SPI shutdown of the DAC is re-issued this often
-
-ACTIVE = frozenset(
-    {
-        OutputState.RAMP_UP,
-        OutputState.ON,
-        OutputState.RAMP_DOWN,
-        OutputState.LIFTED,
-        OutputState.BALANCE,
-    }
+from hw.safety.thresholds import (
+    BALANCE_EPS_UC,
+    DITHER_CODES,
+    FROZEN_TICKS,
+    RESHUTDOWN_MS,
+    RESIDUAL_MS,
+    Thresholds,
 )
-DRIVING = frozenset(
-    {OutputState.RAMP_UP, OutputState.ON, OutputState.RAMP_DOWN, OutputState.BALANCE}
-)
-IDLE = frozenset({OutputState.OFF, OutputState.TRIPPED})  # a runner may tick slower (can_idle)
+
+__all__ = [
+    "ACTIVE",
+    "BALANCE_EPS_UC",
+    "DITHER_CODES",
+    "DRIVING",
+    "FROZEN_TICKS",
+    "IDLE",
+    "RESHUTDOWN_MS",
+    "RESIDUAL_MS",
+    "CommandRefused",
+    "ControlLoop",
+    "OutputState",
+    "Snapshot",
+]
 
 
-class CommandRefused(Exception):
-    """A command that cannot be carried out now; the message says why. Nothing was changed."""
-
-
-class Snapshot(NamedTuple):
-    """What the loop is doing, published a few hundred times a second for status and dose.
-
-    A NamedTuple, not a frozen dataclass: it is built on the real-time thread every 5 ms, and a
-    tuple costs well under a microsecond where a frozen dataclass's setattr-per-field costs ~5."""
-
-    t_s: float
-    state: OutputState
-    target_ua: float
-    amplitude_ua: float
-    measured_ua: float  # recent mean |I| over samples where the output was driving a phase
-    impedance_ohm: float | None
-    contact_quality_pct: float
-    contact: bool
-    charge_uc: float  # delivered, integral of |I|
-    net_charge_uc: float  # integral of I: the DC component
-    peak_ua: float
-    active_s: float  # time the output drove current this treatment (lifted time excluded)
-    lease_left_ms: float | None
-    post_valid: bool
-    fault: dict | None
-    residual_ua: float  # |current| measured while the output is off or tripped
-    alarm: dict | None  # current flowing with the output off: take the electrodes off
-    ticks: int
-    overruns: int
-    gap_max_ms: float  # worst time between two tick starts since the loop began
-    # The runner's histograms (hw.control.tickhist counts since it started) of tick-start lateness
-    # and of the gap between tick starts: its live arrays, not copies (a copy would cost ~5 us a
-    # publish; counts only grow, so whoever copies them gets a valid reading). Empty without a
-    # runner.
-    late_hist: Sequence[int] = ()
-    gap_hist: Sequence[int] = ()
-
-
-def _ticks(ms: float, tick_s: float) -> int:
-    return max(1, math.ceil(ms * 1e-3 / tick_s - 1e-9))
-
-
-class ControlLoop:
+class ControlLoop(Commands, Regulator, LiftOff, ChargeBalance, Status):
     """One board's control loop. ``tick()`` is called by a runner at ``loop.rate_hz``."""
 
     SNAPSHOT_EVERY = 10
@@ -139,53 +80,33 @@ class ControlLoop:
         self.guard = guard or Guard(board, clock)
         lim, fe, ch = cfg.limits, cfg.hardware.front_end, cfg.hardware.adc_channels
         self.tick_s = 1.0 / cfg.loop.rate_hz
-        ts = self.tick_s
+        self.th = th = Thresholds(cfg, self.tick_s)  # every check's limit, with its rationale
         self._ch_i, self._ch_v = ch.current, ch.electrode_voltage
         self._aux = (ch.compliance_rail, ch.reference)
         # Scale factors
         self._adc_zero = float(fe.adc_zero_code)
         self._adc_ua = fe.adc_ua_per_code
         self._v_per = fe.electrode_v_per_code
-        self._v_comp = 0.9 * fe.compliance_v
         self._dac_zero = fe.dac_zero_code
         self._dac_ua = fe.dac_ua_per_code
         # Never command more than the limit plus the most any correction may add.
         self._max_codes = int(lim.max_current_ua * 1.15 / fe.dac_ua_per_code)
-        # Thresholds, as tick counts where debounced
-        self._oc_ua = lim.overcurrent_trip_ua
-        self._tol_pct = lim.setpoint_tolerance_pct / 100.0
-        self._tol_ua = lim.setpoint_tolerance_ua
-        self._n_oc = _ticks(lim.overcurrent_debounce_ms, ts)
-        self._follow_ratio = lim.follow_ratio
-        self._follow_min = lim.follow_min_ua
-        self._n_follow = _ticks(lim.follow_debounce_ms, ts)
-        self._n_lift = _ticks(lim.lift_debounce_ms, ts)
-        self._z_min, self._z_max = lim.min_impedance_ohm, lim.max_impedance_ohm
         # Contact quality's log scale (see _publish), precomputed off the real-time path.
-        q_lo = math.log(min(20000.0, self._z_max / 2))
-        self._q_log_hi = math.log(self._z_max)
+        q_lo = math.log(min(20000.0, th.z_max_ohm / 2))
+        self._q_log_hi = math.log(th.z_max_ohm)
         self._q_log_scale = 1.0 / (self._q_log_hi - q_lo)
         self._fault_seen = self._alarm_seen = None
         self._fault_dict = self._alarm_dict = None
-        self._n_z = _ticks(lim.impedance_debounce_ms, ts)
-        self._n_zlo = max(2, self._n_z // 4)  # on the smoothed value, which already averages
-        self._q_max = lim.max_net_charge_uc
-        self._zero_tol = cfg.hardware.post.zero_tolerance_ua
-        # Judged in time, not in samples: while the output is off the loop may tick slower.
-        self._resid_hold_s = (_ticks(RESIDUAL_MS, ts) - 1) * ts - 1e-9
-        self._reshut_s = RESHUTDOWN_MS / 1000.0
         self._reshut_at_s = -math.inf
-        self._z_settle_s = 2 * ts - 1e-9  # as long as two ticks take at the loop's rate
-        self._lifted_max_s = lim.lifted_max_s
-        rail_tol = fe.rail_nominal_v * fe.rail_tolerance_pct / 100.0
-        self._rail_lo = (fe.rail_nominal_v - rail_tol) / fe.rail_v_per_code
-        self._rail_hi = (fe.rail_nominal_v + rail_tol) / fe.rail_v_per_code
-        self._ref_lo = fe.reference_code - fe.reference_tolerance_codes
-        self._ref_hi = fe.reference_code + fe.reference_tolerance_codes
-        self._lease_s = lim.lease_ms / 1000.0
+        # The per-sample checks' own debounce state (hw.safety.monitor), reset in place.
+        self._resid = M.Residual()
+        self._aux_chk = M.AuxChannel()
+        self._chan_chk = M.CurrentChannel()
+        self._setpoint = M.Setpoint()
+        self._contact = M.Contact()
         # The engine's heartbeat bound (never above the lease). None until the first beat: a loop
         # with no service above it (bench, POST tests) is not supervised this way.
-        self.service_beat_max_s = min(cfg.loop.service_heartbeat_ms / 1000.0, self._lease_s)
+        self.service_beat_max_s = th.service_beat_max_s
         self.service_beat_s: float | None = None
         self._slew_up = lim.max_current_ua / lim.ramp_up_s  # uA per second
         self._probe_ua = lim.probe_current_ua
@@ -242,20 +163,14 @@ class ControlLoop:
         self._cmd_prev2 = 0.0
         self._t_cmd_change = -1.0  # when the command last changed sign or size, and from what
         self._cmd_old_abs = 0.0
-        self._code0_prev = -1
-        self._n = {k: 0 for k in ("oc", "follow", "lift", "zlo", "zhi", "ref", "rail", "froz")}
-        self._resid_since_s = None
+        self._resid.since_s = None
         self._q_closed_uc = self.q_net_uc  # net charge at the end of the last whole pair
         self._bal_sign = 0.0
         self._meas_acc = 0.0
         self._meas_n = 0
         self.measured_ua = 0.0
         self.impedance_ohm: float | None = None
-        self._z_ema: float | None = None
-        self._zbuf = [0.0] * 16
-        self._zk = 0
-        self._zn = 0
-        self._zsum = 0.0
+        self._imp = M.Impedance()  # the impedance estimate and the electrodes-touching check
         self.contact = True
         self.lease_deadline: float | None = None
         self.max_output_s = self.cfg.limits.max_output_s
@@ -266,211 +181,8 @@ class ControlLoop:
         self._probe_good = 0
         self._probe_bad = 0
         self._good_since: float | None = None
-        self._same_code = 0
         self._cmd_dithered = False
-
-    # ------------------------------------------------------------------ commands (any thread)
-    def _queue(self, fn: Callable[[], None]) -> None:
-        self._cmds.append(fn)
-        wake = self.on_command
-        if wake is not None:
-            wake()  # an idle runner ticks now rather than at its next idle deadline
-
-    def start(
-        self,
-        spec: WaveformSpec,
-        target_ua: float,
-        *,
-        max_output_s: float | None = None,
-        resume: bool = False,
-    ) -> None:
-        """Start output: ramp from zero to ``target_ua`` with the given waveform.
-
-        Refused unless the self-test passed, nothing is latched, no charger is connected, the
-        e-stop is released and the output is off. ``max_output_s`` can only lower the limit.
-        ``resume`` continues the same treatment (after a pause): its accounting is kept, and what
-        it left unbalanced (a lift-off cut mid-phase) is balanced before the ramp.
-        """
-        self._check_target(target_ua)
-        Waveform(spec, self.tick_s)  # validates that the phases fit
-        reason = self.start_blocker()
-        if reason:
-            raise CommandRefused(reason)
-        limit = self.cfg.limits.max_output_s
-        if max_output_s is not None:
-            if not (max_output_s > 0 and math.isfinite(max_output_s)):
-                raise CommandRefused("max_output_s must be a positive number of seconds")
-            limit = min(limit, max_output_s)
-
-        def apply() -> None:
-            if self.state != OutputState.OFF or self.start_blocker():
-                self._event("start_refused", reason=self.start_blocker() or str(self.state))
-                return
-            self.board.lines.test_load.off()
-            if not self.guard.enable():
-                self._event("start_refused", reason="a fault is latched")
-                return
-            self._reset_treatment(resume=resume)
-            # The bound counts this treatment's output time, which a resume carries on.
-            self.max_output_s = min(self.cfg.limits.max_output_s, self.active_s + limit)
-            self.wave = Waveform(spec, self.tick_s)
-            self.target_ua = float(target_ua)
-            self.lease_deadline = self.clock.now() + self._lease_s
-            self.board.lines.output_led.on()
-            self._q_carry_uc = 0.0
-            if resume and abs(self.q_net_uc) > BALANCE_EPS_UC:
-                self._begin_balance()
-            else:
-                self.state = OutputState.RAMP_UP
-            self._event("output_on", target_ua=self.target_ua, resume=resume)
-
-        self._queue(apply)
-
-    def start_blocker(self) -> str | None:
-        """Why output cannot start now, or None."""
-        if self.guard.tripped:
-            fault = self.guard.fault
-            return (
-                f"a fault is latched ({fault.code if fault else 'being cut'}); acknowledge it first"
-            )
-        if not self.guard.post_valid:
-            return "the self-test has not passed since the last start or fault"
-        if self.state != OutputState.OFF:
-            return f"the output is not off (it is {self.state})"
-        lines = self.board.lines
-        if lines.charger_pin.state:
-            return "a charger is connected; the device never treats while charging"
-        if lines.estop_pressed():
-            return "the e-stop is pressed"
-        if lines.latch_pin.state:
-            return "the hardware current latch is tripped; run the self-test"
-        return None
-
-    def _check_target(self, target_ua: float) -> None:
-        lim = self.cfg.limits
-        if not isinstance(target_ua, int | float) or isinstance(target_ua, bool):
-            raise CommandRefused("target_ua must be a number")
-        if not (0 <= target_ua <= lim.level_max_ua) or math.isnan(target_ua):
-            raise CommandRefused(f"target_ua must be 0..{lim.level_max_ua} uA")
-
-    def set_target(self, target_ua: float) -> None:
-        """Change the amplitude; it slews at the ramp rate, never jumps."""
-        self._check_target(target_ua)
-
-        def apply() -> None:
-            if self.state in (
-                OutputState.RAMP_UP,
-                OutputState.ON,
-                OutputState.LIFTED,
-                OutputState.BALANCE,
-            ):
-                self.target_ua = float(target_ua)
-                if self.state == OutputState.ON:
-                    self.state = OutputState.RAMP_UP
-
-        self._queue(apply)
-
-    def set_waveform(self, spec: WaveformSpec) -> None:
-        """Switch waveform at the end of the current pair (keeps every pair balanced)."""
-        Waveform(spec, self.tick_s)
-
-        def apply() -> None:
-            if self.wave is not None:
-                self._pending_wave = spec
-
-        self._queue(apply)
-
-    def stop(self) -> None:
-        """Normal stop: ramp down over ``ramp_down_s``, then output off."""
-
-        def apply() -> None:
-            if self.state in (OutputState.RAMP_UP, OutputState.ON):  # not again mid ramp-down
-                self.state = OutputState.RAMP_DOWN
-                min_ticks = max(1, round(self.cfg.limits.ramp_down_s / self.tick_s))
-                sign, a0, n = self.wave.stop_ramp(self.amplitude_ua, min_ticks)
-                self._stop_sign, self._stop_a0, self._stop_n, self._stop_k = sign, a0, n, 0
-            elif self.state in (OutputState.LIFTED, OutputState.BALANCE):
-                # Lifted: nothing flows. Balancing: a slow ramp toward zero, ended early; what
-                # is left unbalanced stays in the record (net_charge_uc).
-                self._output_off("stopped")
-
-        self._queue(apply)
-
-    def renew_lease(self) -> None:
-        def apply() -> None:
-            if self.state in ACTIVE:
-                self.lease_deadline = self.clock.now() + self._lease_s
-
-        self._queue(apply)
-
-    def service_beat(self) -> None:
-        """The treatment engine is alive (any thread; a plain store). Once beaten, output that is
-        on trips INTERNAL when no beat came within ``loop.service_heartbeat_ms``."""
-        self.service_beat_s = self.clock.now()
-
-    def estop(self, detail: str = "on-screen STOP") -> None:
-        """Cut at once from the calling thread: no queue, no ramp."""
-        self.guard.trip(Fault.ESTOP, detail)
-
-    def run_post(self) -> None:
-        """Start the power-on self-test (output must be off)."""
-        if self.state not in (OutputState.OFF, OutputState.TRIPPED):
-            raise CommandRefused(f"the self-test needs the output off (it is {self.state})")
-        if self.guard.tripped:
-            raise CommandRefused("acknowledge the fault before the self-test")
-        # The charger interlock sits in the relay coil's chain: with a charger in, the relay
-        # cannot close and the self-test could only fail. Say what to do instead. (A pressed
-        # e-stop trips ESTOP in every state, so it is refused above once the loop has seen it.)
-        if self.board.lines.charger_pin.state:
-            raise CommandRefused("a charger is connected: unplug it, then run the self-test")
-        self.post_result = None  # nobody may read the previous result as this one's
-
-        def apply() -> None:
-            if self.state != OutputState.OFF or self.guard.tripped:
-                return
-            self._g = {1.0: 1.0, -1.0: 1.0}  # a new calibration: learn the gain afresh
-            self.state = OutputState.POST
-            self.post_result = None
-            self._post = post_sequence(self)
-            self._post_wait_until = self.clock.now()
-
-        self._queue(apply)
-
-    def acknowledge(self) -> None:
-        """Clear a latched fault once its cause is gone. Raises CommandRefused otherwise."""
-        if self.state == OutputState.POST:
-            raise CommandRefused("the self-test is running")
-        if self.guard.tripped and self.state != OutputState.TRIPPED:
-            # The loop has not yet taken the trip in hand; clearing the latch now would let it
-            # carry on from the state it was in.
-            raise CommandRefused("the fault is still being handled; try again in a moment")
-        reason = self.guard.acknowledge(self._cause_present)
-        if reason:
-            raise CommandRefused(reason)
-        self._resid_since_s = None
-
-        def apply() -> None:
-            if not self.guard.tripped and self.state == OutputState.TRIPPED:
-                self.state = OutputState.OFF
-                self._event("acknowledged")
-
-        self._queue(apply)
-
-    def _cause_present(self) -> str | None:
-        lines = self.board.lines
-        if self.residual_ua > self._zero_tol:
-            return (
-                f"{self.residual_ua:.0f} uA still flows with the output off: take the electrodes "
-                "off and contact service"
-            )
-        if lines.estop_pressed():
-            return "release the e-stop first"
-        if lines.charger_pin.state:
-            return "unplug the charger first"
-        return None
-
-    def add_event_listener(self, fn: Callable[[float, str, dict], None]) -> None:
-        self._event_listeners.append(fn)
+        self._reset_checks()
 
     # ------------------------------------------------------------------ internals
     def _event(self, kind: str, **data) -> None:
@@ -494,20 +206,8 @@ class ControlLoop:
         self.state = OutputState.OFF
         self.amplitude_ua = 0.0
         self._cmd_prev = self._cmd_prev2 = 0.0
-        self._code0_prev = -1
-        for k in self._n:
-            self._n[k] = 0
+        self._reset_checks()
         self._event("output_off", reason=why)
-
-    def _to_code(self, ua: float) -> int:
-        """DAC A code for a wanted true current, through the self-test calibration."""
-        nominal = (ua - self.cal_offset_ua) / self.cal_gain
-        code = round(nominal / self._dac_ua)
-        if code > self._max_codes:
-            code = self._max_codes
-        elif code < -self._max_codes:
-            code = -self._max_codes
-        return self._dac_zero + code
 
     def read_current(self) -> tuple[int, float]:
         """One shunt conversion: (raw code, uA). For the self-test; the loop reads inline."""
@@ -553,15 +253,13 @@ class ControlLoop:
         if self.state in ACTIVE or self.state == OutputState.POST:
             # Current flowed on purpose until now: what flows from here on is residual. (From
             # the off state it already was, and its time keeps counting.)
-            self._resid_since_s = None
+            self._resid.since_s = None
         self.state = OutputState.TRIPPED
         self._post = None
         self.amplitude_ua = 0.0
         self.target_ua = 0.0
         self._cmd_prev = self._cmd_prev2 = 0.0
-        self._code0_prev = -1
-        for k in self._n:
-            self._n[k] = 0
+        self._reset_checks()
         self.lease_deadline = None
         self._publish(self.clock.now())
 
@@ -576,30 +274,35 @@ class ControlLoop:
     def can_idle(self) -> bool:
         """Whether a runner may tick at its idle rate: the output off or tripped, and no
         current flowing (a residual current is watched at the full rate)."""
-        return self.state in IDLE and self.residual_ua <= self._zero_tol
+        return self.state in IDLE and self.residual_ua <= self.th.zero_tol_ua
+
+    def _reset_checks(self) -> None:
+        """Every check's debounce back to zero (the output ended, or a fault): the impedance
+        estimate and the residual-current timer are kept."""
+        self._aux_chk.ref_n = self._aux_chk.rail_n = 0
+        self._chan_chk.reset()
+        self._setpoint.n = 0
+        self._contact.reset()
+        self._imp.lo_n = 0
 
     def _check_residual(self, now: float, i: float, where: str) -> bool:
         """Current with the output off: nothing may flow. Raises the alarm; True if raised."""
         ai = i if i >= 0 else -i
         self.residual_ua = ai
-        if ai > self._zero_tol:
-            since = self._resid_since_s
-            if since is None:
-                self._resid_since_s = since = now
-            if now - since >= self._resid_hold_s:
-                if self.guard.alarm is None:
-                    self.guard.raise_alarm(
-                        Fault.RESIDUAL_CURRENT, f"{i:.1f} uA with the output {where}"
-                    )
-                return True
-        else:
-            self._resid_since_s = None
+        if self._resid.held(now, ai, self.th):
+            if self.guard.alarm is None:
+                self.guard.raise_alarm(
+                    Fault.RESIDUAL_CURRENT, f"{i:.1f} uA with the output {where}"
+                )
+            return True
         return False
 
     def _tick(self, now: float, gap: float) -> bool:
+        """Drain-free part of the tick: inputs, sample, every check (hw.safety.monitor, in its
+        order; the first report trips), then regulate and actuate. True if the tick succeeded."""
         g = self.guard
         b = self.board
-        lines = b.lines
+        th = self.th
         state = self.state
         if g.tripped:
             # Keep sampling: the watchdog needs a live ADC, and the cut is seen to hold: current
@@ -610,42 +313,25 @@ class ControlLoop:
             self._check_residual(
                 now, (code - self._adc_zero - self.adc_offset_codes) * self._adc_ua, "tripped"
             )
-            if now - self._reshut_at_s >= self._reshut_s:
+            if now - self._reshut_at_s >= th.reshut_s:
                 self._reshut_at_s = now
                 self._reshutdown()
             return False
-        # -- inputs that matter in every state
-        if lines.estop_pin.state:  # normally-closed: high = pressed or wire broken
-            g.trip(Fault.ESTOP, "e-stop button")
-            return False
+        lines = b.lines
         active = state in ACTIVE
-        if active:
-            if lines.charger_pin.state:
-                g.trip(Fault.CHARGER, "charger detected during output")
-                return False
-            if lines.latch_pin.state:
-                g.trip(Fault.HW_OVERCURRENT, "comparator latch set")
-                return False
-            # A ramp-down only goes toward zero by itself: it needs no lease to finish.
-            if (
-                self.lease_deadline is not None
-                and now > self.lease_deadline
-                and state != OutputState.RAMP_DOWN
-            ):
-                g.trip(Fault.LEASE_EXPIRED, f"lease {self._lease_s * 1000:.0f} ms not renewed")
-                return False
-            # A dead or stuck engine must not leave the output on (its decisions end a treatment).
-            beat = self.service_beat_s
-            if (
-                beat is not None
-                and now - beat > self.service_beat_max_s
-                and state != OutputState.RAMP_DOWN
-            ):
-                g.trip(Fault.INTERNAL, f"service heartbeat lost ({(now - beat) * 1000:.0f} ms)")
-                return False
-            if gap > self.cfg.loop.stall_ms / 1000.0:
-                g.trip(Fault.LOOP_STALL, f"loop resumed after {gap * 1000:.1f} ms")
-                return False
+        r = M.interlocks(
+            lines,
+            active,
+            state == OutputState.RAMP_DOWN,
+            now,
+            self.lease_deadline,
+            self.service_beat_s,
+            gap,
+            th,
+        )
+        if r is not None:
+            g.trip(*r)
+            return False
         if state == OutputState.POST:
             return self._post_tick(now)
 
@@ -660,61 +346,25 @@ class ControlLoop:
         self.last_adc_s = now
         i = (c0 - self._adc_zero - self.adc_offset_codes) * self._adc_ua
         v = (c1 - 2048) * self._v_per
-        n = self._n
+        ai = i if i >= 0 else -i
         # Output off: nothing may flow. Judged before the checks below, so a current that trips
         # one of them (an over-current with the output off) already counts as residual.
         resid = not active and not lines.enable_pin.state and self._check_residual(now, i, "off")
 
         # -- checks that hold in every state
-        if c0 <= 0 or c0 >= 4095:
-            g.trip(Fault.ADC_SATURATED, f"current channel code {c0}")
-            return False
-        ai = i if i >= 0 else -i
-        if ai > self._oc_ua:
-            g.trip(Fault.OVERCURRENT, f"{i:.0f} uA measured, limit {self._oc_ua:.0f} uA")
-            return False
-        if self._aux_i:  # reference channel this tick
-            if ca < self._ref_lo or ca > self._ref_hi:
-                n["ref"] += 1
-                if n["ref"] >= 2:
-                    g.trip(Fault.ADC_REFERENCE, f"reference code {ca}")
-                    return False
-            else:
-                n["ref"] = 0
-        else:
-            if ca < self._rail_lo or ca > self._rail_hi:
-                n["rail"] += 1
-                if n["rail"] >= 3:
-                    g.trip(Fault.RAIL, f"rail code {ca}")
-                    return False
-            else:
-                n["rail"] = 0
         prev = self._cmd_prev
-        aprev = prev if prev >= 0 else -prev
-        # A conversion that does not move although the command moved by a lot: a frozen ADC.
-        if c0 == self._code0_prev:
-            d = prev - self._cmd_prev2
-            if d >= self._follow_min or d <= -self._follow_min:
-                n["froz"] += 1
-                if n["froz"] >= 2:
-                    g.trip(Fault.ADC_STUCK, f"code {c0} unchanged while the command moved")
-                    return False
+        r = (
+            M.adc_saturated(c0)
+            or M.overcurrent(i, ai, th)
+            or self._aux_chk.check(self._aux_i, ca, th)
             # While driving, the dither moves a live channel every tick (see DITHER_CODES).
-            if state in DRIVING and self._cmd_dithered:
-                self._same_code += 1
-                if self._same_code >= FROZEN_TICKS:
-                    g.trip(
-                        Fault.ADC_STUCK,
-                        f"current channel code {c0} unchanged for {self._same_code} samples",
-                    )
-                    return False
-            else:
-                self._same_code = 0
-        else:
-            n["froz"] = 0
-            self._same_code = 0
-        self._code0_prev = c0
-
+            or self._chan_chk.check(
+                c0, prev, self._cmd_prev2, state in DRIVING and self._cmd_dithered, th
+            )
+        )
+        if r is not None:
+            g.trip(*r)
+            return False
         if not active:
             return not resid
 
@@ -726,88 +376,47 @@ class ControlLoop:
             self.active_s += dt
         if ai > self.peak_ua:
             self.peak_ua = ai
-        if self.q_net_uc > self._q_max or self.q_net_uc < -self._q_max:
-            g.trip(Fault.NET_CHARGE, f"net {self.q_net_uc:.1f} uC, limit {self._q_max:.0f} uC")
-            return False
-        if self.active_s > self.max_output_s:
-            g.trip(Fault.OUTPUT_TIME, f"{self.active_s:.0f} s of output")
+        r = M.dose(self.q_net_uc, self.active_s, self.max_output_s, th)
+        if r is not None:
+            g.trip(*r)
             return False
         if state == OutputState.LIFTED:
             return self._lifted_tick(now, i, v)
 
         if self._over_setpoint(now, i, "command"):
             return False
+        aprev = prev if prev >= 0 else -prev
         av = v if v >= 0 else -v
         # Judged in time, not in ticks: after a late tick the runner catches up with ticks back to
         # back, and a sample taken within the stage's settling time of a command change (or, for
         # the impedance, within two ticks' time: the skin's RC) says nothing about the contact.
         since_change = now - self._t_cmd_change
-        if since_change < SETTLE_S:
-            pass  # neither counts toward nor clears the follow and lift debounces
-        elif aprev >= self._follow_min and ai < self._follow_ratio * aprev:
-            if av >= self._v_comp:
-                n["lift"] += 1
-                n["follow"] = 0
-                if n["lift"] >= self._n_lift:
-                    self._lift(now, "open load at compliance")
-                    return True
-            else:
-                n["follow"] += 1
-                n["lift"] = 0
-                if n["follow"] >= self._n_follow:
-                    g.trip(
-                        Fault.OPEN_CIRCUIT,
-                        f"{i:.1f} uA for a {prev:.0f} uA command at {v:.2f} V",
-                    )
-                    return False
-        else:
-            n["lift"] = n["follow"] = 0
+        contact = self._contact
+        r = contact.follow(since_change, i, ai, prev, aprev, v, av, th)
+        if r is not None:
+            return self._contact_report(now, r)
         # Settled: the same polarity and (within trim) the same amplitude as the tick before.
         p2 = self._cmd_prev2
         settled = (
-            aprev >= self._follow_min
+            aprev >= th.follow_min_ua
             and prev * p2 > 0
             and -0.03 * aprev < prev - p2 < 0.03 * aprev
-            and since_change >= self._z_settle_s
+            and since_change >= th.z_settle_s
         )
-        if settled and prev * i > 0 and av < self._v_comp:
-            z = v / i * 1e6
-            ze = self._z_ema
-            self._z_ema = z if ze is None else ze + 0.05 * (z - ze)
-            self.impedance_ohm = self._z_ema
-            # Electrodes touching: judged on the mean of the last 16 settled samples. At 100 uA
-            # a 150 ohm short is 15 mV, about one code of the electrode-voltage channel, so
-            # single samples are mostly noise; 16 of them average it 4x and forget in 8 ms.
-            zb = self._zbuf
-            k = self._zk
-            self._zsum += z - zb[k]
-            zb[k] = z
-            self._zk = (k + 1) & 15
-            if self._zn < 16:
-                self._zn += 1
-            elif self._zsum < 16.0 * self._z_min:
-                n["zlo"] += 1
-                if n["zlo"] >= self._n_zlo:
-                    g.trip(Fault.IMPEDANCE_LOW, f"{self._zsum / 16:.0f} ohm (mean of 16)")
-                    return False
-            else:
-                n["zlo"] = 0
-        if aprev >= self._follow_min and (
-            av >= self._v_comp
-            or (self.impedance_ohm is not None and self.impedance_ohm > self._z_max)
-        ):
-            # Compliance-limited or poor contact: too little skin to treat safely.
-            n["zhi"] += 1
-            if n["zhi"] >= self._n_z:
-                self._lift(now, "impedance above limit")
-                return True
-        else:
-            n["zhi"] = 0
-        if aprev >= self._follow_min:
+        if settled and prev * i > 0 and av < th.v_comp_v:
+            r = self._imp.sample(v / i * 1e6, th)
+            self.impedance_ohm = self._imp.ema_ohm
+            if r is not None:
+                g.trip(*r)
+                return False
+        r = contact.impedance_high(aprev, av, self.impedance_ohm, th)
+        if r is not None:
+            return self._contact_report(now, r)
+        if aprev >= th.follow_min_ua:
             self._meas_acc += ai
             self._meas_n += 1
             # Learn the per-polarity gain on settled samples, not while compliance-limited.
-            if settled and av < self._v_comp and prev * i > 0:
+            if settled and av < th.v_comp_v and prev * i > 0:
                 s = 1.0 if prev > 0 else -1.0
                 gk = self._g[s] * (1.0 + 0.02 * (prev - i) / prev * s * s)
                 self._g[s] = 0.9 if gk < 0.9 else 1.1 if gk > 1.1 else gk
@@ -815,226 +424,42 @@ class ControlLoop:
         # -- next command
         return self._drive(now)
 
-    def _over_setpoint(self, now: float, i: float, what: str) -> bool:
-        """Debounced check that the current stays within its last command; trips and returns
-        True when it does not. Just after a command change the stage is still settling: the
-        current may be anywhere between the old and the new command (late ticks caught up back to
-        back sample early). An over-current is above both."""
-        prev = self._cmd_prev
-        env = prev if prev >= 0 else -prev
-        ai = i if i >= 0 else -i
-        settling = now - self._t_cmd_change < SETTLE_S
-        if settling and self._cmd_old_abs > env:
-            env = self._cmd_old_abs
-        allowed = env + max(env * self._tol_pct, self._tol_ua)
-        n = self._n
-        if ai > allowed or (prev * i < 0 and ai > self._tol_ua and not settling):
-            n["oc"] += 1
-            if n["oc"] >= self._n_oc:
-                self.guard.trip(
-                    Fault.OVERCURRENT_SETPOINT,
-                    f"{i:.0f} uA measured for a {prev:.0f} uA {what} (the command before: "
-                    f"{self._cmd_prev2:.0f} uA; {(now - self._t_cmd_change) * 1e3:.2f} ms since "
-                    f"it changed from {self._cmd_old_abs:.0f} uA; state {self.state})",
-                )
-                return True
-        else:
-            n["oc"] = 0
+    def _contact_report(self, now: float, r: tuple) -> bool:
+        """A contact check's report: a lift-off (the tick goes on lifted) or a fault (trips)."""
+        if r[0] is M.LIFT:
+            self._lift(now, r[1])
+            return True
+        self.guard.trip(*r)
         return False
 
-    def _note_command(self, now: float, cmd: float) -> None:
-        old = self._cmd_prev
-        d = cmd - old
-        if d > 1.0 or d < -1.0:
-            self._t_cmd_change = now
-            self._cmd_old_abs = old if old >= 0 else -old
-        self._cmd_prev2, self._cmd_prev = old, cmd
-
-    def _write(self, cmd_ua: float, dither: bool) -> bool:
-        """Write DAC A for ``cmd_ua`` (true uA, through the calibration and learned gain), with the
-        tick's dither when driving. False when a trip from another thread won the race."""
-        if cmd_ua:
-            code = self._to_code(cmd_ua * self._g[1.0 if cmd_ua > 0 else -1.0])
-        else:
-            code = self._to_code(0.0)
-        if dither:
-            self._dither = -self._dither
-            code += self._dither
-        b = self.board
-        with b.bus_lock:
-            if self.guard.tripped:  # stay at zero
-                return False
-            b.dac.write_a(code)
-        self._cmd_dithered = dither
-        # The settling window starts when the DAC really changed, not when the tick began (a
-        # thread descheduled mid-tick writes late).
-        self._note_command(self.clock.now(), cmd_ua)
-        return True
-
-    def _drive(self, now: float) -> bool:
-        dt = self.tick_s
-        state = self.state
-        amp, target = self.amplitude_ua, self.target_ua
-        if state == OutputState.RAMP_DOWN:
-            return self._drive_stop()
-        if state == OutputState.BALANCE:
-            return self._drive_balance()
-        if amp < target:
-            amp = min(target, amp + self._slew_up * dt)
-        elif amp > target:
-            amp = max(target, amp - self._slew_up * dt)
-        if state == OutputState.RAMP_UP and amp == target:
-            self.state = OutputState.ON
-        self.amplitude_ua = amp
-        wave = self.wave
-        out, pair_end = wave.step(amp)
-        if out:
-            # Drain the net charge of closed pairs (a ramp-down, stage offset) slowly and within
-            # 5 %; the charge of the pair still open is not an error and is not trimmed.
-            trim = -self._q_closed_uc / 2.0
-            lim = 0.05 * amp
-            trim = lim if trim > lim else -lim if trim < -lim else trim
-            cmd = out + trim
-        else:
-            cmd = 0.0
-        if not self._write(cmd, True):
-            return False
-        if pair_end:
-            self._q_closed_uc = self.q_net_uc
-        if pair_end and self._pending_wave is not None:
-            self.wave = Waveform(self._pending_wave, self.tick_s)
-            self.wave.first = wave.first
-            self._pending_wave = None
-        return True
-
-    def _drive_stop(self) -> bool:
-        """One tick of the balanced stop ramp (see Waveform.stop_ramp); then output off."""
-        k, n = self._stop_k, self._stop_n
-        if k >= n:
-            self._output_off("stopped")
+    def _over_setpoint(self, now: float, i: float, what: str) -> bool:
+        """The current within its last command (hw.safety.monitor.Setpoint); trips and returns
+        True when it is not."""
+        r = self._setpoint.check(
+            now,
+            i,
+            self._cmd_prev,
+            self._cmd_prev2,
+            self._t_cmd_change,
+            self._cmd_old_abs,
+            what,
+            self.state,
+            self.th,
+        )
+        if r is not None:
+            self.guard.trip(*r)
             return True
-        amp = self._stop_a0 * (1.0 - k / n)
-        self._stop_k = k + 1
-        self.amplitude_ua = amp
-        return self._write(self._stop_sign * amp if amp else 0.0, True)
-
-    # ------------------------------------------------------------------ charge balance
-    def _begin_balance(self) -> None:
-        """Return the net charge a lift-off left (measured, not assumed) before treating on."""
-        self.state = OutputState.BALANCE
-        self._bal_sign = -1.0 if self.q_net_uc > 0 else 1.0
-        self.amplitude_ua = 0.0
-        self._event("balance", net_charge_uc=round(self.q_net_uc, 2))
-
-    def _drive_balance(self) -> bool:
-        """A ramp of one polarity, up at the start ramp's slew rate and down so that it ends as the
-        measured net charge reaches zero (a triangle, or a trapezoid capped at the target)."""
-        dt = self.tick_s
-        s = self._bal_sign
-        left_uc = -s * self.q_net_uc  # what is still to return, in the ramp's own polarity
-        amp = self.amplitude_ua
-        slew = self._slew_up
-        if left_uc <= BALANCE_EPS_UC:
-            return self._end_balance()
-        # Charge a ramp down from amp carries: amp^2 / (2 slew); ramp up while it is not enough.
-        cap = max(self._follow_min, min(self.target_ua, self.cfg.limits.level_max_ua))
-        if amp * amp / (2.0 * slew) < left_uc and amp < cap:
-            amp = min(cap, amp + slew * dt)
-        elif amp * amp / (2.0 * slew) >= left_uc:
-            amp = max(0.0, amp - slew * dt)
-        if amp <= 0.0:
-            return self._end_balance()
-        self.amplitude_ua = amp
-        return self._write(s * amp, True)
-
-    def _end_balance(self) -> bool:
-        self.amplitude_ua = 0.0
-        self._q_closed_uc = self.q_net_uc
-        self.wave.restart()
-        self.state = OutputState.RAMP_UP
-        self._event("balanced", net_charge_uc=round(self.q_net_uc, 2))
-        return self._write(0.0, True)
-
-    # ------------------------------------------------------------------ contact loss
-    def _lift(self, now: float, why: str) -> None:
-        """Contact lost: current to zero now (DAC; the relay stays closed, kicked, so probing
-        never cycles it), timers pause, and probe bursts look for skin."""
-        if self.state == OutputState.RAMP_DOWN:
-            # Stopping anyway: contact lost just ends the stop. Never resume toward the old level.
-            self._output_off("stopped (contact lost)")
-            return
-        self._write(0.0, False)
-        self.state = OutputState.LIFTED
-        self.contact = False
-        self.amplitude_ua = 0.0
-        self.wave.restart()  # the open pair's charge is in q_net: balanced at re-contact
-        self._pending_wave_apply()
-        self._lifted_since = now
-        self._next_probe = now + self._probe_interval_s
-        self._probe_left = 0
-        self._good_since = None
-        for k in ("lift", "follow", "zhi", "zlo", "oc"):
-            self._n[k] = 0
-        self._event("contact_lost", reason=why)
-
-    def _pending_wave_apply(self) -> None:
-        if self._pending_wave is not None:
-            first = self.wave.first
-            self.wave = Waveform(self._pending_wave, self.tick_s)
-            self.wave.first = first
-            self._pending_wave = None
-
-    def _lifted_tick(self, now: float, i: float, v: float) -> bool:
-        # The relay is closed: the DAC's zero (and each probe) is checked like any command.
-        if self._over_setpoint(now, i, "probe" if self._probe_left else "zero while lifted"):
-            return False
-        if self._probe_left == 0:
-            if now - self._lifted_since >= self._lifted_max_s:
-                self._output_off("contact lost for too long")
-                self._event("lift_timeout", lifted_s=round(now - self._lifted_since, 3))
-                return True
-            if now < self._next_probe:
-                return self._write(0.0, False)
-            # Start a probe burst: a small current, alternating polarity burst to burst.
-            self._probe_left = self._probe_ticks
-            self._probe_good = self._probe_bad = 0
-            self._probe_sign = -self._probe_sign
-            return self._write(self._probe_sign * self._probe_ua, False)
-        # Judge the settled samples for contact.
-        self._probe_left -= 1
-        if self._probe_left < self._probe_ticks - 2:
-            ok = abs(i) >= 0.6 * self._probe_ua and abs(v) < self._v_comp
-            if ok:
-                self._probe_good += 1
-            else:
-                self._probe_bad += 1
-        if self._probe_left > 0:
-            return self._write(self._probe_sign * self._probe_ua, False)
-        # Burst over: back to zero and decide.
-        if not self._write(0.0, False):
-            return False
-        self._next_probe = now + self._probe_interval_s
-        if self._probe_good and not self._probe_bad:
-            if self._good_since is None:
-                self._good_since = now
-            if now - self._good_since >= self._recontact_s:
-                self._resume(now)
-        else:
-            self._good_since = None
-        return True
-
-    def _resume(self, now: float) -> None:
-        """Skin found again: return the unbalanced charge, then ramp from zero (no sting)."""
-        self.contact = True
-        self.amplitude_ua = 0.0
-        self._z_ema = None
-        self._event("contact_restored", lifted_s=round(now - self._lifted_since, 3))
-        if abs(self.q_net_uc) > BALANCE_EPS_UC:
-            self._begin_balance()
-        else:
-            self.state = OutputState.RAMP_UP
+        return False
 
     # ------------------------------------------------------------------ self-test
+    def _begin_post(self) -> None:
+        """On the loop's thread, output off: the self-test runs from the next tick."""
+        self._g = {1.0: 1.0, -1.0: 1.0}  # a new calibration: learn the gain afresh
+        self.state = OutputState.POST
+        self.post_result = None
+        self._post = post_sequence(LoopPostPort(self))  # POST sees only the port
+        self._post_wait_until = self.clock.now()
+
     def _post_tick(self, now: float) -> bool:
         if now < self._post_wait_until:
             return True
@@ -1053,265 +478,3 @@ class ControlLoop:
         """Toggle the dead-man line (the self-test drives it directly)."""
         self._kick = not self._kick
         self.board.lines.kick_pin.state = self._kick
-
-    # ------------------------------------------------------------------ status
-    def _publish(self, now: float) -> None:
-        # On the real-time thread every SNAPSHOT_EVERY ticks: kept to plain arithmetic and one
-        # tuple (the fault and alarm dicts are built once per fault, not per snapshot).
-        if self._meas_n:
-            self.measured_ua = self._meas_acc / self._meas_n
-            self._meas_acc = 0.0
-            self._meas_n = 0
-        elif self.state not in DRIVING:
-            self.measured_ua = 0.0
-        lease_left = None
-        if self.lease_deadline is not None:
-            lease_left = (self.lease_deadline - now) * 1000.0
-            if lease_left < 0.0:
-                lease_left = 0.0
-        z = self.impedance_ohm
-        if not self.contact:
-            quality = 0.0
-        elif z is None:
-            quality = 100.0 if self.state in DRIVING else 0.0
-        else:
-            # 100 % up to 20 kOhm (gelled skin), falling on a log scale to 0 % at max_impedance_ohm.
-            q = (self._q_log_hi - math.log(z if z > 1.0 else 1.0)) * self._q_log_scale
-            quality = 100.0 if q >= 1.0 else 0.0 if q <= 0.0 else 100.0 * q
-        g = self.guard
-        fault, alarm = g.fault, g.alarm
-        if fault is not self._fault_seen:
-            self._fault_seen, self._fault_dict = fault, fault.as_dict() if fault else None
-        if alarm is not self._alarm_seen:
-            self._alarm_seen, self._alarm_dict = alarm, alarm.as_dict() if alarm else None
-        self.snapshot = Snapshot(
-            now,
-            self.state,
-            self.target_ua,
-            self.amplitude_ua,
-            self.measured_ua,
-            z,
-            quality,
-            self.contact,
-            self.q_abs_uc,
-            self.q_net_uc,
-            self.peak_ua,
-            self.active_s,
-            lease_left,
-            g.post_valid,
-            self._fault_dict,
-            self.residual_ua,
-            self._alarm_dict,
-            self.ticks,
-            self.overruns,
-            self.gap_max_s * 1e3,
-            self.runner_hists[0].counts if self.runner_hists else (),
-            self.runner_hists[1].counts if self.runner_hists else (),
-        )
-
-
-# ---------------------------------------------------------------------- real-time runner
-
-_PR_SET_TIMERSLACK = 29
-
-
-def _tune_thread(priority: int, own_cpu: bool = False) -> str:
-    """Ask for 1 ns timer slack and SCHED_FIFO (and, with ``own_cpu``, one CPU: the last one
-    allowed); report what the OS granted."""
-    notes = []
-    # The loop's thread on one CPU: a thread that wakes on whichever core is free pays for cold
-    # caches on every tick. Only the loop's: the supervisor must be able to run on another CPU
-    # when the loop spins out of control at a higher priority.
-    if own_cpu and hasattr(os, "sched_setaffinity"):
-        try:
-            cpus = os.sched_getaffinity(0)
-            if len(cpus) > 1:
-                cpu = max(cpus)
-                os.sched_setaffinity(0, {cpu})
-                notes.append(f"cpu {cpu}")
-        except OSError:
-            pass
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(_PR_SET_TIMERSLACK, 1, 0, 0, 0) == 0:
-            notes.append("timerslack=1ns")
-    except OSError:
-        pass
-    if priority > 0 and hasattr(os, "sched_setscheduler"):
-        try:
-            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))
-            notes.append(f"SCHED_FIFO {priority}")
-        except (PermissionError, OSError):
-            notes.append("best effort (no real-time priority)")
-    return ", ".join(notes) or "best effort"
-
-
-def idle_period_s(cfg: Config) -> float:
-    """The runner's period while the output is off or tripped (s): a quarter of the loop's rate,
-    and never more than half the supervisor's stall bound or the watchdog's ADC age, so every
-    check that still runs with the output off keeps its bound (the residual-current check is
-    judged in time, not in samples)."""
-    lp = cfg.loop
-    return min(4.0 / lp.rate_hz, lp.stall_ms / 2000.0, lp.adc_stale_ms / 2000.0)
-
-
-class LoopRunner:
-    """Runs a ControlLoop at its rate on its own thread, in real time.
-
-    Deadlines are absolute (``next += period``): a late tick does not shift the ones after it, and
-    a few missed ticks are caught up back to back, so the average rate stays exact.
-
-    While the output is off or tripped nothing needs 2 kHz: the runner ticks at
-    :func:`idle_period_s` and sleeps to each deadline without spinning (time.sleep is
-    clock_nanosleep with an absolute deadline, and releases the GIL; a spin does not). A command
-    queued meanwhile wakes it at once, and it returns to the full rate on the tick that leaves the
-    idle states.
-    """
-
-    MAX_CATCH_UP = 4
-
-    def __init__(
-        self,
-        loop: ControlLoop,
-        stats_size: int = 20000,
-        before_tick: Callable[[], None] | None = None,
-        after_tick: Callable[[], None] | None = None,
-    ):
-        self.loop = loop
-        # Hooks run on the loop's thread around every tick, inside its measured cost: the
-        # real-time process drains its command channel before and publishes after.
-        self.before_tick = before_tick
-        self.after_tick = after_tick
-        self.period_s = loop.tick_s
-        self.spin_s = loop.cfg.loop.spin_us * 1e-6
-        self.late_us: collections.deque[float] = collections.deque(maxlen=stats_size)
-        self.cost_us: collections.deque[float] = collections.deque(maxlen=stats_size)
-        # Every tick since start, in fixed histograms the loop publishes (status `loop`).
-        self.late_hist, self.gap_hist = TickHistogram(), TickHistogram()
-        loop.runner_hists = (self.late_hist, self.gap_hist)
-        self.sched_note = ""
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._stall_s = 0.0
-        self.started = threading.Event()
-        self.idle_period_s = idle_period_s(loop.cfg)
-        self._wake = threading.Event()
-        loop.on_command = self._wake.set
-
-    def start(self) -> None:
-        # Everything alive now lives for the whole run: move it out of the collector's reach, so a
-        # full collection never has to walk it while the loop waits for the GIL.
-        gc.collect()
-        gc.freeze()
-        # The loop waits for the GIL whenever another thread holds it; by default a holder keeps
-        # it up to 5 ms. 0.5 ms bounds that wait to one tick (a measured cost: see hw.bench).
-        sys.setswitchinterval(0.0005)
-        self._thread = threading.Thread(target=self._run, name="current-loop", daemon=True)
-        self._thread.start()
-        self.started.wait(2.0)
-
-    def inject_stall(self, seconds: float) -> None:
-        """Fault injection: the next tick blocks for ``seconds`` (a hung loop)."""
-        self._stall_s = seconds
-
-    def _run(self) -> None:
-        self.sched_note = _tune_thread(self.loop.cfg.loop.realtime_priority, own_cpu=True)
-        loop = self.loop
-        pc = time.perf_counter
-        period, spin, idle_period = self.period_s, self.spin_s, self.idle_period_s
-        late, cost = self.late_us, self.cost_us
-        wake = self._wake
-        late_n, gap_n = self.late_hist.counts, self.gap_hist.counts
-        nxt = pc() + period
-        t_prev = nxt - period
-        self.started.set()
-        while not self._stop.is_set():
-            idle = loop.can_idle()
-            if idle:
-                rem = nxt - pc()
-                if rem > 0 and wake.wait(rem):
-                    nxt = pc()  # a command: tick now
-                wake.clear()
-            else:
-                rem = nxt - pc() - spin
-                if rem > 0:
-                    time.sleep(rem)
-                while pc() < nxt:
-                    pass
-            t0 = pc()
-            if not idle:
-                late.append((t0 - nxt) * 1e6)
-                late_n[bin_of(int((t0 - nxt) * 1e6))] += 1
-            gap_n[bin_of(int((t0 - t_prev) * 1e6))] += 1
-            t_prev = t0
-            if self._stall_s:
-                s, self._stall_s = self._stall_s, 0.0
-                time.sleep(s)
-            if self.before_tick is not None:
-                self.before_tick()
-            loop.tick()
-            if self.after_tick is not None:
-                self.after_tick()
-            t1 = pc()
-            if not idle:
-                cost.append((t1 - t0) * 1e6)
-            nxt += idle_period if idle and loop.can_idle() else period
-            if t1 > nxt:
-                loop.overruns += 1
-                if t1 - nxt > self.MAX_CATCH_UP * period:
-                    # Far behind (a long stall): skip ahead rather than burst through old ticks.
-                    nxt += (int((t1 - nxt) / period) + 1) * period
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2.0)
-
-
-class Supervisor:
-    """Another thread that trips when the loop stops ticking. Also the watchdog's health view."""
-
-    def __init__(self, loop: ControlLoop, clock: Clock):
-        self.loop = loop
-        self.clock = clock
-        self.stall_s = loop.cfg.loop.stall_ms / 1000.0
-        self.adc_stale_s = loop.cfg.loop.adc_stale_ms / 1000.0
-        self.period_s = loop.cfg.loop.supervisor_period_ms / 1000.0
-        self.last_check_s = clock.now()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def check(self) -> bool:
-        """One supervision pass; returns whether the loop is fresh."""
-        now = self.clock.now()
-        self.last_check_s = now
-        fresh = now - self.loop.last_tick_s <= self.stall_s
-        if not fresh and self.loop.state in ACTIVE | {OutputState.POST}:
-            self.loop.guard.trip(
-                Fault.LOOP_STALL, f"no tick for {(now - self.loop.last_tick_s) * 1000:.1f} ms"
-            )
-        return fresh
-
-    def healthy(self) -> bool:
-        """All liveness inputs fresh: the loop ticks, the ADC answers, the supervisor runs."""
-        now = self.clock.now()
-        loop = self.loop
-        return (
-            now - loop.last_tick_s <= self.stall_s
-            and now - loop.last_adc_s <= self.adc_stale_s
-            and now - self.last_check_s <= 10 * self.period_s
-        )
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="loop-supervisor", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        _tune_thread(max(0, self.loop.cfg.loop.realtime_priority - 1))
-        while not self._stop.wait(self.period_s):
-            self.check()
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(2.0)

@@ -286,9 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     from hw.clock import MonotonicClock
     from hw.config import ConfigError, load_config
     from hw.config.boardfile import board_path_for
-    from hw.control.loop import ACTIVE, ControlLoop, LoopRunner, Supervisor
+    from hw.control.loop import ACTIVE, ControlLoop
+    from hw.control.runner import LoopRunner
     from hw.hal.board import BoardUnavailable, build_board
     from hw.safety import Fault, Guard
+    from hw.safety.supervisor import Supervisor
 
     try:
         cfg = load_config(args.config, board_path=board_path_for(args.board, sim=args.sim))

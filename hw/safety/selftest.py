@@ -26,105 +26,118 @@ Every judgement of current waits the relay's datasheet operate (``relay_operate_
 (``relay_release_ms``) time after the relay was told to close or open.
 
 A failure trips ``POST_FAILED`` with the step and the figures; a pass sets ``guard.post_valid``.
+
+The test drives the board only through a narrow :class:`PostPort` the loop gives it (the loop's
+implementation: hw.control.postport); it hands back the calibration it measures through the port
+as it goes (the later steps drive through it) and reports its result there. It imports nothing
+from hw.control.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from hw.hal.chips.mcp4922 import CHANNEL_B, DacWord
-from hw.safety import Fault
 
-if TYPE_CHECKING:
-    from hw.control.loop import ControlLoop
+class PostPort(Protocol):
+    """What the self-test may do. Every call holds the bus lock as needed; currents in uA."""
+
+    cfg: Any  # the validated hw.config.Config
+    lines: Any  # the board's lines (hw.hal.lines): relay enable, test lines, read-backs
+
+    def now(self) -> float: ...  # the loop's clock (s)
+
+    def begin(self) -> int: ...  # the guard's POST epoch (Guard.begin_post)
+
+    def confirm(self, epoch: int) -> bool: ...  # no trip since begin (Guard.confirm_post)
+
+    def fail(self, detail: str) -> None: ...  # trip POST_FAILED through the guard
+
+    def enable(self, relay: bool = True) -> bool: ...  # the guard's one guarded enable
+
+    def set_dac(self, code: int) -> None: ...  # DAC A, a raw code
+
+    def set_dac_ua(self, ua: float) -> None: ...  # DAC A for a true current (the calibration)
+
+    def set_threshold(self, ua: float) -> None: ...  # the comparator threshold (DAC B)
+
+    def mean_current(self, n: int) -> float: ...  # mean of n shunt conversions (uA)
+
+    def read_mean(self, channel: int, n: int) -> float: ...  # mean of n codes of a channel
+
+    def read_codes(self, channel: int, n: int) -> list[int]: ...  # n raw codes of a channel
+
+    def kick(self) -> None: ...  # toggle the dead-man line once
+
+    def set_adc_offset(self, codes: float) -> None: ...  # the ADC's zero offset, measured
+
+    def set_calibration(self, gain: float, offset_ua: float) -> None: ...  # the stage's
+
+    def report(self, result: dict | None) -> None: ...  # the result (None: being run)
+
+    def event(self, kind: str, **data) -> None: ...  # an event in the loop's log
 
 
 class PostFailure(Exception):
     pass
 
 
-def _enable(loop: ControlLoop, relay: bool = True) -> None:
+def _enable(port: PostPort, relay: bool = True) -> None:
     """Every switch-on in the self-test goes through the guard's one guarded enable."""
-    if not loop.guard.enable(relay=relay):
+    if not port.enable(relay=relay):
         raise PostFailure("a fault was latched during the self-test")
 
 
-def _mean_current(loop: ControlLoop, n: int) -> float:
-    total = 0.0
-    with loop.board.bus_lock:
-        for _ in range(n):
-            total += loop.read_current()[1]
-    return total / n
-
-
-def _read(loop: ControlLoop, channel: int, n: int = 4) -> float:
-    with loop.board.bus_lock:
-        return sum(loop.board.adc.read(channel) for _ in range(n)) / n
-
-
-def _set_dac(loop: ControlLoop, code: int) -> None:
-    with loop.board.bus_lock:
-        loop.board.dac.write_a(code)
-
-
-def _set_threshold(loop: ControlLoop, ua: float) -> None:
-    fe = loop.cfg.hardware.front_end
-    code = max(1, min(4095, round(ua / fe.threshold_ua_per_code)))
-    with loop.board.bus_lock:
-        loop.board.dac.write(DacWord(CHANNEL_B, code))
-
-
-def _rearm(loop: ControlLoop) -> Iterator[float]:
-    lines = loop.board.lines
+def _rearm(port: PostPort) -> Iterator[float]:
+    lines = port.lines
     lines.latch_rearm.on()
     yield 0.0005
     lines.latch_rearm.off()
     yield 0.0005
 
 
-def _restore_and_rearm(loop: ControlLoop, after: str) -> Iterator[float]:
+def _restore_and_rearm(port: PostPort, after: str) -> Iterator[float]:
     """DAC A to zero, the comparator threshold back to its limit, re-arm: the latch must clear."""
-    _set_dac(loop, loop.cfg.hardware.front_end.dac_zero_code)
-    _set_threshold(loop, loop.cfg.limits.hw_overcurrent_ua)
-    yield from _kick_for(loop, 0.001)
-    yield from _rearm(loop)
-    if loop.board.lines.latch_pin.state:
+    port.set_dac(port.cfg.hardware.front_end.dac_zero_code)
+    port.set_threshold(port.cfg.limits.hw_overcurrent_ua)
+    yield from _kick_for(port, 0.001)
+    yield from _rearm(port)
+    if port.lines.latch_pin.state:
         raise PostFailure(f"the hardware latch does not re-arm after {after}")
 
 
-def _kick_for(loop: ControlLoop, seconds: float) -> Iterator[float]:
+def _kick_for(port: PostPort, seconds: float) -> Iterator[float]:
     """Keep the dead-man alive for ``seconds`` of clock time (one toggle per tick).
 
     Counted on the clock, not in ticks: after a late tick the runner catches up with ticks back
     to back, and the relay, the comparator and the stage settle in time, not in ticks (a count
     of ticks under host load read the current before the latch had cut it)."""
-    t_end = loop.clock.now() + seconds - 1e-9
+    t_end = port.now() + seconds - 1e-9
     while True:
-        loop.kick_once()
+        port.kick()
         yield 0.0
-        if loop.clock.now() >= t_end:
+        if port.now() >= t_end:
             return
 
 
-def _interlock_step(loop: ControlLoop, step: str, test_line, readback, what: str, note):
+def _interlock_step(port: PostPort, step: str, test_line, readback, what: str, note):
     """Current flows through the closed relay; the test line opens one element of the coil's
     series chain: its read-back must report it and the relay must drop with enable high and the
     kicks alive (nothing else can cut). Then the line drops, the read-back clears, the relay
     closes again. A bridged element fails here."""
-    fe, post = loop.cfg.hardware.front_end, loop.cfg.hardware.post
+    fe, post = port.cfg.hardware.front_end, port.cfg.hardware.post
     operate_s = fe.relay_operate_ms / 1000.0
     release_s = fe.relay_release_ms / 1000.0
-    _enable(loop)
-    yield from _kick_for(loop, operate_s + 0.001)
-    flowing = _mean_current(loop, 4)
+    _enable(port)
+    yield from _kick_for(port, operate_s + 0.001)
+    flowing = port.mean_current(4)
     if abs(flowing) < post.check_current_ua * 0.5:
         raise PostFailure(f"no current through the relay before the {what} test: {flowing:.1f}")
     test_line.on()
     try:
         reported = bool(readback.state)
-        yield from _kick_for(loop, release_s + 0.001)
-        after = _mean_current(loop, 8)
+        yield from _kick_for(port, release_s + 0.001)
+        after = port.mean_current(8)
         reported = reported and bool(readback.state)
     finally:
         test_line.off()
@@ -139,25 +152,25 @@ def _interlock_step(loop: ControlLoop, step: str, test_line, readback, what: str
         # Still open with the test line low: a real press or charger. The loop's own check of
         # that line ends the self-test with its fault; nothing here decides it.
         return
-    yield from _kick_for(loop, operate_s + 0.001)
-    back = _mean_current(loop, 4)
+    yield from _kick_for(port, operate_s + 0.001)
+    back = port.mean_current(4)
     if abs(back) < post.check_current_ua * 0.5:
         raise PostFailure(f"the relay does not close again after the {what} test: {back:.1f}")
     note(step, before_ua=flowing, after_ua=after, again_ua=back)
 
 
-def post_sequence(loop: ControlLoop) -> Iterator[float]:
+def post_sequence(port: PostPort) -> Iterator[float]:
     """The self-test as a generator of waits (s). Trips POST_FAILED on any failed step."""
-    cfg = loop.cfg
+    cfg = port.cfg
     fe, post = cfg.hardware.front_end, cfg.hardware.post
     ch = cfg.hardware.adc_channels
-    lines = loop.board.lines
+    lines = port.lines
     result: dict = {"passed": False, "steps": []}
     # The relay's datasheet maxima: coil on -> contacts settled, coil off -> contacts apart.
     operate_s = fe.relay_operate_ms / 1000.0
     release_s = fe.relay_release_ms / 1000.0
-    loop.post_result = None
-    epoch = loop.guard.begin_post()
+    port.report(None)
+    epoch = port.begin()
     step = "start"
 
     def note(name: str, **figures) -> None:
@@ -166,52 +179,53 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
     try:
         lines.output_enable.off()
         lines.test_load.off()
-        _enable(loop, relay=False)  # the DAC may drive (the relay is still open)
-        _set_dac(loop, fe.dac_zero_code)
+        _enable(port, relay=False)  # the DAC may drive (the relay is still open)
+        port.set_dac(fe.dac_zero_code)
         yield 0.002
 
         step = "reference"
-        ref = _read(loop, ch.reference)
+        ref = port.read_mean(ch.reference, 4)
         if abs(ref - fe.reference_code) > fe.reference_tolerance_codes:
             raise PostFailure(f"reference reads {ref:.0f}, expected {fe.reference_code}")
-        rail_v = _read(loop, ch.compliance_rail) * fe.rail_v_per_code
+        rail_v = port.read_mean(ch.compliance_rail, 4) * fe.rail_v_per_code
         if abs(rail_v - fe.rail_nominal_v) > fe.rail_nominal_v * fe.rail_tolerance_pct / 100:
             raise PostFailure(f"compliance rail {rail_v:.2f} V, expected {fe.rail_nominal_v} V")
         note("reference", reference_code=ref, rail_v=rail_v)
 
         step = "zero"
-        loop.adc_offset_codes = 0.0
-        with loop.board.bus_lock:
-            codes = [loop.board.adc.read(ch.current) for _ in range(32)]
+        port.set_adc_offset(0.0)
+        codes = port.read_codes(ch.current, 32)
         offset = sum(codes) / len(codes) - fe.adc_zero_code
         zero_ua = offset * fe.adc_ua_per_code
         if abs(zero_ua) > post.zero_tolerance_ua:
             raise PostFailure(f"{zero_ua:.1f} uA flows with the output disabled")
-        loop.adc_offset_codes = offset
+        port.set_adc_offset(offset)
         note("zero", offset_codes=offset)
 
         step = "latch_rearm"
-        _set_threshold(loop, cfg.limits.hw_overcurrent_ua)
+        port.set_threshold(cfg.limits.hw_overcurrent_ua)
         yield 0.001
-        yield from _rearm(loop)
+        yield from _rearm(port)
         if lines.latch_pin.state:
             raise PostFailure("the hardware latch does not re-arm")
         note("latch_rearm")
 
         step = "calibration"
         lines.test_load.on()
-        _enable(loop)
-        loop.cal_gain, loop.cal_offset_ua = 1.0, 0.0
-        yield from _kick_for(loop, operate_s + 0.001)  # the relay closes; its contacts settle
+        _enable(port)
+        port.set_calibration(1.0, 0.0)
+        yield from _kick_for(port, operate_s + 0.001)  # the relay closes; its contacts settle
         measured, volts = {}, {}
         for sign in (1.0, -1.0):
             want = sign * post.check_current_ua
-            _set_dac(loop, loop._to_code(want))
-            yield from _kick_for(loop, 0.004)
-            measured[sign] = _mean_current(loop, 16)
-            volts[sign] = (_read(loop, ch.electrode_voltage, 16) - 2048) * fe.electrode_v_per_code
-            yield from _kick_for(loop, 0.0005)
-        _set_dac(loop, fe.dac_zero_code)
+            port.set_dac_ua(want)
+            yield from _kick_for(port, 0.004)
+            measured[sign] = port.mean_current(16)
+            volts[sign] = (
+                port.read_mean(ch.electrode_voltage, 16) - 2048
+            ) * fe.electrode_v_per_code
+            yield from _kick_for(port, 0.0005)
+        port.set_dac(fe.dac_zero_code)
         for sign, m in measured.items():
             want = sign * post.check_current_ua
             tol = max(post.tolerance_ua, abs(want) * post.tolerance_pct / 100)
@@ -239,7 +253,7 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
             )
         gain = (measured[1.0] - measured[-1.0]) / (2 * post.check_current_ua)
         offset_ua = (measured[1.0] + measured[-1.0]) / 2
-        loop.cal_gain, loop.cal_offset_ua = gain, offset_ua
+        port.set_calibration(gain, offset_ua)
         note(
             "calibration",
             plus_ua=measured[1.0],
@@ -250,22 +264,22 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
         )
 
         step = "latch_trip"
-        _set_dac(loop, loop._to_code(post.check_current_ua))
-        yield from _kick_for(loop, 0.002)
+        port.set_dac_ua(post.check_current_ua)
+        yield from _kick_for(port, 0.002)
         # The comparator's scale against the current just proven by Ohm's law: a threshold 15 %
         # above it must hold, 15 % below it must trip (a wrong threshold_ua_per_code fails one).
-        i_now = _mean_current(loop, 8)
-        _set_threshold(loop, abs(i_now) * 1.15)
-        yield from _kick_for(loop, 0.002)
+        i_now = port.mean_current(8)
+        port.set_threshold(abs(i_now) * 1.15)
+        yield from _kick_for(port, 0.002)
         if lines.latch_pin.state:
             raise PostFailure(
                 f"the hardware latch tripped at a threshold set to {abs(i_now) * 1.15:.0f} uA "
                 f"while {abs(i_now):.0f} uA flows: threshold_ua_per_code in the board file is wrong"
             )
-        _set_threshold(loop, abs(i_now) * 0.85)
-        yield from _kick_for(loop, 0.001 + release_s)  # the latch opens the coil; contacts part
+        port.set_threshold(abs(i_now) * 0.85)
+        yield from _kick_for(port, 0.001 + release_s)  # the latch opens the coil; contacts part
         tripped = bool(lines.latch_pin.state)
-        i_after = _mean_current(loop, 4)
+        i_after = port.mean_current(4)
         if not tripped:
             raise PostFailure(
                 f"the hardware latch did not trip with {abs(i_now):.0f} uA over a threshold set to "
@@ -273,13 +287,13 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
             )
         if abs(i_after) > post.zero_tolerance_ua:
             raise PostFailure(f"the latch tripped but {i_after:.1f} uA still flows")
-        yield from _restore_and_rearm(loop, "a trip")
+        yield from _restore_and_rearm(port, "a trip")
         note("latch_trip", current_after_ua=i_after)
 
         step = "deadman"
-        _set_dac(loop, loop._to_code(post.check_current_ua))
-        yield from _kick_for(loop, operate_s + 0.001)  # re-armed: the relay closes again
-        flowing = _mean_current(loop, 4)
+        port.set_dac_ua(post.check_current_ua)
+        yield from _kick_for(port, operate_s + 0.001)  # re-armed: the relay closes again
+        flowing = port.mean_current(4)
         if abs(flowing) < post.check_current_ua * 0.5:
             raise PostFailure(
                 f"no current through the relay before the dead-man test: {flowing:.1f}"
@@ -287,7 +301,7 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
         # No kicks: the monostable must drop the coil, and the contacts part within release.
         wait_ms = fe.deadman_ms + fe.relay_release_ms + 2.0
         yield wait_ms / 1000.0
-        after = _mean_current(loop, 4)
+        after = port.mean_current(4)
         if abs(after) > post.zero_tolerance_ua:
             raise PostFailure(
                 f"{after:.1f} uA still flows {wait_ms:.0f} ms after the kicks stopped"
@@ -295,31 +309,31 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
         note("deadman", before_ua=flowing, after_ua=after)
 
         step = "dac_shutdown"
-        _enable(loop)
-        yield from _kick_for(loop, operate_s + 0.001)  # kicks again: the relay closes
-        flowing = _mean_current(loop, 4)
+        _enable(port)
+        yield from _kick_for(port, operate_s + 0.001)  # kicks again: the relay closes
+        flowing = port.mean_current(4)
         lines.dac_shutdown.off()  # the hardware path to zero, without SPI
-        yield from _kick_for(loop, 0.002)
-        after = _mean_current(loop, 4)
-        _enable(loop)
+        yield from _kick_for(port, 0.002)
+        after = port.mean_current(4)
+        _enable(port)
         if abs(flowing) < post.check_current_ua * 0.5 or abs(after) > post.zero_tolerance_ua:
             raise PostFailure(
                 f"the DAC /SHDN line did not cut the current ({flowing:.1f} -> {after:.1f} uA)"
             )
         # Channel B shut down with /SHDN: the comparator latch tripped; restore and re-arm.
-        yield from _restore_and_rearm(loop, "the /SHDN test")
-        _set_dac(loop, loop._to_code(post.check_current_ua))
+        yield from _restore_and_rearm(port, "the /SHDN test")
+        port.set_dac_ua(post.check_current_ua)
         note("dac_shutdown", before_ua=flowing, after_ua=after)
 
         step = "relay"
-        yield from _kick_for(loop, operate_s + 0.001)  # re-armed: the relay closes again
-        flowing = _mean_current(loop, 4)
+        yield from _kick_for(port, operate_s + 0.001)  # re-armed: the relay closes again
+        flowing = port.mean_current(4)
         if abs(flowing) < post.check_current_ua * 0.5:
             raise PostFailure(f"no current through the relay before the relay test: {flowing:.1f}")
         lines.output_enable.off()
         # Kicks alive, enable low: only the relay can cut, within its release time.
-        yield from _kick_for(loop, max(0.004, release_s + 0.001))
-        leak = _mean_current(loop, 8)
+        yield from _kick_for(port, max(0.004, release_s + 0.001))
+        leak = port.mean_current(8)
         if abs(leak) > post.zero_tolerance_ua:
             raise PostFailure(f"{leak:.1f} uA flows with the relay commanded open (welded?)")
         note("relay", before_ua=flowing, leak_ua=leak)
@@ -330,24 +344,24 @@ def post_sequence(loop: ControlLoop) -> Iterator[float]:
             ("estop_interlock", lines.estop_test, lines.estop_readback_pin, "e-stop"),
             ("charger_interlock", lines.charger_test, lines.charger_pin, "charger"),
         ):
-            yield from _interlock_step(loop, step, test_line, readback, what, note)
+            yield from _interlock_step(port, step, test_line, readback, what, note)
 
         lines.output_enable.off()
-        yield from _kick_for(loop, release_s + 0.001)  # the relay opens before the load is left
-        _set_dac(loop, fe.dac_zero_code)
+        yield from _kick_for(port, release_s + 0.001)  # the relay opens before the load is left
+        port.set_dac(fe.dac_zero_code)
         lines.test_load.off()
         step = "confirm"
-        if not loop.guard.confirm_post(epoch):  # under the guard's lock: no trip since the start
+        if not port.confirm(epoch):  # under the guard's lock: no trip since the start
             raise PostFailure("a fault was latched during the self-test")
         result["passed"] = True
-        loop.post_result = result
-        loop._event("post", passed=True)
+        port.report(result)
+        port.event("post", passed=True)
     except PostFailure as e:
         result["failed_step"] = step
         result["reason"] = str(e)
-        loop.post_result = result
-        loop._event("post", passed=False, step=step, reason=str(e))
-        loop.guard.trip(Fault.POST_FAILED, f"{step}: {e}")
+        port.report(result)
+        port.event("post", passed=False, step=step, reason=str(e))
+        port.fail(f"{step}: {e}")
     finally:
         lines.output_enable.off()
         lines.test_load.off()

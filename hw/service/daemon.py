@@ -27,16 +27,12 @@ import time
 from pathlib import Path
 
 from hw.config import Config
-from hw.control.loop import (
-    ACTIVE,
-    ControlLoop,
-    LoopRunner,
-    OutputState,
-    Supervisor,
-)
+from hw.control.loop import ACTIVE, ControlLoop, OutputState
+from hw.control.runner import LoopRunner
 from hw.hal.board import Board
 from hw.journal import log_realtime
 from hw.safety import Fault, Guard
+from hw.safety.supervisor import Supervisor
 from hw.service import protocol as P
 from hw.service.commands import LEASED, Commands
 from hw.service.connection import (

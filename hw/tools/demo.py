@@ -15,10 +15,12 @@ import time
 from hw.clock import MonotonicClock
 from hw.config import ConfigError, load_config
 from hw.control.levels import level_to_ua
-from hw.control.loop import ControlLoop, LoopRunner, OutputState, Supervisor
+from hw.control.loop import ControlLoop, OutputState
+from hw.control.runner import LoopRunner
 from hw.control.waveform import WaveformSpec
 from hw.hal.board import build_sim_board
 from hw.safety import Guard
+from hw.safety.supervisor import Supervisor
 
 
 def _line(loop: ControlLoop, level: int, zone: str, left_s: float) -> str:

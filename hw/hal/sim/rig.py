@@ -12,10 +12,11 @@ import random
 
 from hw.clock import SimClock
 from hw.config import Config, load_config
-from hw.control.loop import ControlLoop, OutputState, Supervisor
+from hw.control.loop import ControlLoop, OutputState
 from hw.control.waveform import WaveformSpec
 from hw.hal.board import build_sim_board
 from hw.safety import Guard
+from hw.safety.supervisor import Supervisor
 
 
 class SimRig:
