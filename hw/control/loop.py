@@ -122,6 +122,9 @@ class ControlLoop(Commands, Regulator, LiftOff, ChargeBalance, Status):
         self.state = OutputState.OFF
         self._cmds: collections.deque[Callable[[], None]] = collections.deque()
         self.on_command: Callable[[], None] | None = None  # set by the runner (LoopRunner)
+        # Called on the loop's thread by the runner on the tick that leaves its idle pace (a
+        # start, a self-test, a residual current): the Supervisor wakes to full-rate checks.
+        self.on_busy: Callable[[], None] | None = None
         self.events: collections.deque[tuple[float, str, dict]] = collections.deque(maxlen=1000)
         self._event_listeners: list[Callable[[float, str, dict], None]] = []
         self.ticks = 0
@@ -221,7 +224,11 @@ class ControlLoop(Commands, Regulator, LiftOff, ChargeBalance, Status):
         gap = now - self.last_tick_s
         self.last_tick_s = now
         self.ticks += 1
-        if gap > self.gap_max_s and self.ticks > 1:
+        # A stall is judged (and the worst gap kept) only across ticks of an output that was on:
+        # the tick that applies a start follows the idle pace's longer gap, which stalled nothing.
+        if self.state not in ACTIVE:
+            gap = 0.0
+        elif gap > self.gap_max_s and self.ticks > 1:
             self.gap_max_s = gap
         try:
             while self._cmds:
@@ -313,7 +320,7 @@ class ControlLoop(Commands, Regulator, LiftOff, ChargeBalance, Status):
             self._check_residual(
                 now, (code - self._adc_zero - self.adc_offset_codes) * self._adc_ua, "tripped"
             )
-            if now - self._reshut_at_s >= th.reshut_s:
+            if now - self._reshut_at_s >= th.reshut_s - 1e-9:  # (float steps of the pace)
                 self._reshut_at_s = now
                 self._reshutdown()
             return False
@@ -339,7 +346,9 @@ class ControlLoop(Commands, Regulator, LiftOff, ChargeBalance, Status):
         adc = b.adc
         with b.bus_lock:
             c0 = adc.read(self._ch_i)
-            c1 = adc.read(self._ch_v)
+            # The electrode voltage serves only the checks of an output that is on (contact,
+            # compliance, impedance): with the output off it is not read, a third of the idle cost.
+            c1 = adc.read(self._ch_v) if active else 2048
             self._aux_i ^= 1
             aux_ch = self._aux[self._aux_i]
             ca = adc.read(aux_ch)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from hw.config import Config
 from hw.control.tickhist import TickHistogram, bin_of
+from hw.safety.thresholds import IDLE_PERIOD_MS
 
 if TYPE_CHECKING:
     from hw.control.loop import ControlLoop
@@ -59,12 +60,21 @@ def _tune_thread(priority: int, own_cpu: bool = False) -> str:
 
 
 def idle_period_s(cfg: Config) -> float:
-    """The runner's period while the output is off or tripped (s): a quarter of the loop's rate,
-    and never more than half the supervisor's stall bound or the watchdog's ADC age, so every
-    check that still runs with the output off keeps its bound (the residual-current check is
-    judged in time, not in samples)."""
-    lp = cfg.loop
-    return min(4.0 / lp.rate_hz, lp.stall_ms / 2000.0, lp.adc_stale_ms / 2000.0)
+    """The runner's period while the output is off or tripped with nothing flowing (s):
+    ``IDLE_PERIOD_MS``, never faster than the full rate.
+
+    Why it can be this slow: with the output off, the checks that still run guard nothing that a
+    tick could cut. The residual current (a welded relay and a runaway stage) is an alarm that
+    tells the person to take the electrodes off, seen within ``RESIDUAL_MS`` plus one idle period,
+    and the loop returns to the full rate while it flows; the SPI shutdown re-issue is judged in
+    time; the e-stop has nothing to cut. What it saves is measured: on this VM every wake-up of a
+    thread costs a few hundred microseconds of CPU (cold caches and the hypervisor's timer), so
+    the wake-ups per second, not the tick's work, set the idle daemon's CPU (python -m hw.bench,
+    ``daemon_cpu_idle_pct``). A command waits at most one idle period to be applied (the
+    in-process runner is woken at once). A stall is judged only across ticks of an output that
+    was on, and the watchdog's freshness bounds allow one idle period on top while idle
+    (Supervisor.healthy)."""
+    return max(1.0 / cfg.loop.rate_hz, IDLE_PERIOD_MS / 1000.0)
 
 
 class LoopRunner:
@@ -167,7 +177,10 @@ class LoopRunner:
             t1 = pc()
             if not idle:
                 cost.append((t1 - t0) * 1e6)
-            nxt += idle_period if idle and loop.can_idle() else period
+            still_idle = loop.can_idle()
+            if idle and not still_idle and loop.on_busy is not None:
+                loop.on_busy()  # the supervisor back to its full cadence
+            nxt += idle_period if idle and still_idle else period
             if t1 > nxt:
                 loop.overruns += 1
                 if t1 - nxt > self.MAX_CATCH_UP * period:

@@ -7,7 +7,7 @@ import threading
 from typing import TYPE_CHECKING
 
 from hw.clock import Clock
-from hw.control.runner import _tune_thread
+from hw.control.runner import _tune_thread, idle_period_s
 from hw.control.state import ACTIVE, OutputState
 from hw.safety.faults import Fault
 
@@ -16,7 +16,13 @@ if TYPE_CHECKING:
 
 
 class Supervisor:
-    """Another thread that trips when the loop stops ticking. Also the watchdog's health view."""
+    """Another thread that trips when the loop stops ticking. Also the watchdog's health view.
+
+    It checks every ``supervisor_period_ms`` while the loop is active or in its self-test, the
+    states in which a stall trips. While the loop idles (output off or tripped, nothing flowing)
+    a stall cannot trip, so it checks once per idle period of the loop, and the runner wakes it
+    (:meth:`wake`, through ``loop.on_busy``) on the tick that leaves the idle pace: a stall is
+    never judged late."""
 
     def __init__(self, loop: ControlLoop, clock: Clock):
         self.loop = loop
@@ -24,9 +30,14 @@ class Supervisor:
         self.stall_s = loop.cfg.loop.stall_ms / 1000.0
         self.adc_stale_s = loop.cfg.loop.adc_stale_ms / 1000.0
         self.period_s = loop.cfg.loop.supervisor_period_ms / 1000.0
+        # While idle the loop ticks and samples once per idle period, and this thread checks as
+        # often: each freshness bound of healthy() gets one idle period on top.
+        self.idle_period_s = idle_period_s(loop.cfg)
         self.last_check_s = clock.now()
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
+        loop.on_busy = self.wake
 
     def check(self) -> bool:
         """One supervision pass; returns whether the loop is fresh."""
@@ -40,14 +51,21 @@ class Supervisor:
         return fresh
 
     def healthy(self) -> bool:
-        """All liveness inputs fresh: the loop ticks, the ADC answers, the supervisor runs."""
+        """All liveness inputs fresh: the loop ticked within ``stall_ms``, the ADC answered within
+        ``adc_stale_ms``, the supervisor ran within 10 of its periods; each plus one idle period
+        while the loop is at its idle pace."""
         now = self.clock.now()
         loop = self.loop
+        slack = self.idle_period_s if loop.can_idle() else 0.0
         return (
-            now - loop.last_tick_s <= self.stall_s
-            and now - loop.last_adc_s <= self.adc_stale_s
-            and now - self.last_check_s <= 10 * self.period_s
+            now - loop.last_tick_s <= self.stall_s + slack
+            and now - loop.last_adc_s <= self.adc_stale_s + slack
+            and now - self.last_check_s <= 10 * self.period_s + slack
         )
+
+    def wake(self) -> None:
+        """Check now and at the full period from here on (the loop left its idle pace)."""
+        self._wake.set()
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, name="loop-supervisor", daemon=True)
@@ -55,10 +73,17 @@ class Supervisor:
 
     def _run(self) -> None:
         _tune_thread(max(0, self.loop.cfg.loop.realtime_priority - 1))
-        while not self._stop.wait(self.period_s):
+        loop, wake, stop = self.loop, self._wake, self._stop
+        busy_s, idle_s = self.period_s, self.idle_period_s
+        while not stop.is_set():
+            wake.wait(idle_s if loop.can_idle() else busy_s)
+            wake.clear()
+            if stop.is_set():
+                return
             self.check()
 
     def stop(self) -> None:
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(2.0)

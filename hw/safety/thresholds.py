@@ -21,6 +21,7 @@ FROZEN_TICKS = 16
 BALANCE_EPS_UC = 0.5  # net charge small enough to call balanced (0.2 % of a 250 uC bound)
 RESIDUAL_MS = 5.0  # debounce of the residual-current check (off or tripped)
 RESHUTDOWN_MS = 100.0  # while tripped, the SPI shutdown of the DAC is re-issued this often
+IDLE_PERIOD_MS = 20.0  # the loop's pace with the output off and nothing flowing (idle_period_s)
 ADC_CODE_MAX = 4095  # a 12-bit conversion at either rail is saturated: its value is unknown
 REF_TICKS = 2  # reference out of range on 2 of its samples in a row (sampled every other tick)
 RAIL_TICKS = 3  # rail out of range on 3 of its samples in a row (sampled every other tick)
