@@ -74,7 +74,7 @@ def setup_logging(stream: TextIO | None = None, level: int = logging.INFO) -> lo
 def log_realtime(log: logging.Logger, thread: str, priority: int, note: str) -> bool:
     """Log whether ``thread`` got the real-time scheduling it asked for; True if it did.
 
-    ``note`` is what ``hw.control.loop._tune_thread(priority)`` returned. Refused real-time is a
+    ``note`` is what ``hw.control.runner._tune_thread(priority)`` returned. Refused real-time is a
     warning (it shows under ``journalctl -p warning``): the loop then runs at normal priority, where
     a busy host can stall it into a LOOP_STALL trip. The usual cause is a missing ``LimitRTPRIO=``.
     """

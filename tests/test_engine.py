@@ -39,8 +39,8 @@ ENGINE_EVERY = 40  # loop ticks per engine tick (20 ms at 2 kHz)
 LEASE_EVERY = 200  # loop ticks per lease renewal (100 ms)
 ENGINE_TICK_S = 0.02
 EPS = 1e-6
-# The daemon keeps the lease while the engine is in one of these states (hw/service/daemon.py
-# _LEASED).
+# The daemon keeps the lease while the engine is in one of these states (hw/service/commands.py
+# LEASED).
 LEASED = TREATING | {State.RAMP_DOWN, State.SELF_TEST, State.STARTING}
 
 S = State

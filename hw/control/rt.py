@@ -1,7 +1,7 @@
 """The real-time process: ``python -m hw.control.rt --channel-fd N [--sim] [--config P]
 [--board P]``.
 
-Started by the service (``python -m hw``, hw/service/daemon.py) as a fresh interpreter with one end
+Started by the service (``python -m hw``, hw/service/main.py) as a fresh interpreter with one end
 of a SOCK_SEQPACKET socketpair (hw/control/channel.py). It holds the board (SPI + GPIO, or the
 simulated board with its pin mirror), the Guard, the ControlLoop on its SCHED_FIFO LoopRunner thread
 and the Supervisor, and nothing else: no asyncio, no JSON, no SQLite, no client socket, no other
