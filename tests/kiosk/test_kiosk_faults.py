@@ -42,24 +42,13 @@ from hw.safety import FAULT_TEXT, Fault  # noqa: E402
 from hw.service.client import Client  # noqa: E402
 from kiosk import strings as S  # noqa: E402
 
-# One scenario run is ~60-70 s on a quiet 2-core host; up to 3 when the host starves the kiosk.
-# Not run by default, and why (measured 2026-12-02, the driver's slow_frame marks): the kiosk's own
-# work is now at most ~70 ms of CPU in any frame of a treatment (the screen change into it; the
-# 0.4-5 s GL stalls were Mesa's offscreen backlog, fixed in kiosk/display.py), but on this shared
-# host (load 5-7 on 2 cores, /proc/pressure/cpu "some" ~90 %) its frame intervals still reach
-# 200-550 ms waiting for a CPU, even at nice -10, past the 300 ms lease: every run ends in
-# LEASE_EXPIRED (rightly) before its fault scenario is done. Host load, not a kiosk fault to
-# retry. MCK_KIOSK_FAULT_TESTS=1 runs them (on a quiet host or the Pi).
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.timeout(400),
-    pytest.mark.skipif(
-        os.environ.get("MCK_KIOSK_FAULT_TESTS") != "1",
-        reason="on this shared 2-core host the kiosk waits 200-550 ms for a CPU between frames, "
-        "past the 300 ms lease (its own frames cost <= 70 ms of CPU); MCK_KIOSK_FAULT_TESTS=1 "
-        "runs them",
-    ),
-]
+# One scenario run is ~50 s on a quiet 2-core host. These ran skipped until 2026-12-02: the
+# kiosk's frames on SDL's offscreen software GL held the UI thread 0.4-5 s (Mesa's backlog of
+# unrasterized frames, fixed in kiosk/display.py) and the first tap imported kivy.tests.common
+# mid-treatment (180-400 ms, now at start-up), both past the 300 ms lease. On a host loaded by
+# other work (load 5-7 on 2 cores) the kiosk can still wait past the lease for a CPU, and the
+# daemon then rightly ends the treatment with LEASE_EXPIRED: that fails the test, as it should.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(400)]
 DRIVER = Path(__file__).resolve().with_name("kiosk_driver.py")
 PROCESS_BOUND_S = 150.0  # an upper bound for one kiosk process's scenario, not a speed check
 LIFTED_MAX_S = 3  # the site file lowers limits.lifted_max_s (30 s) so a long lift is short
@@ -219,7 +208,7 @@ def test_injected_fault_shows_the_fault_screen_and_needs_the_acknowledge(run):
     refused = after(tl, ack1, "ack_message")
     assert "release the e-stop" in tl[refused][1]
     assert run["a"]["shots"]["fault_estop_refused"]["screen"] == "fault"
-    assert between(tl, shown, refused, "screen") == []  # still the fault screen
+    assert between(tl, shown + 1, refused, "screen") == []  # still the fault screen
     # Released in the panel, held again: acknowledged, the self-test runs by itself, home.
     clear = after(tl, refused, "sent", "sim clear estop")
     ack2 = after(tl, clear, "sent", "acknowledge")
@@ -227,7 +216,7 @@ def test_injected_fault_shows_the_fault_screen_and_needs_the_acknowledge(run):
     after(tl, self_test, "state", "self_test")
     ready = after(tl, self_test, "state", "ready")
     nxt = after(tl, ready, "mark", "block")
-    assert screen_at(tl, nxt) == "home"
+    assert between(tl, ready, nxt, "screen")[:1] == ["home"]  # home first (then the next demo)
     assert "start" not in between(tl, shown, ready, "sent")  # nothing restarted on its own
     assert fault_events(run, "ESTOP")
 
