@@ -124,6 +124,10 @@ def _run_watching_descendants(argv, interrupt_when=None):
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        # Ctrl-C as at a terminal, however the suite was started: a suite run as a background job
+        # of a shell without job control inherits SIGINT ignored, and so would the bench (it then
+        # ran to the end and exited 0: a fresh-clone run started with nohup ... &).
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     seen: dict = {}
     sent = False
