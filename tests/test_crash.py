@@ -2,8 +2,8 @@
 
 Times are CLOCK_MONOTONIC, which ``time.monotonic`` reads in every process alike: the daemon's board
 mirror stamps its writes (``written_s``) and its last dead-man edge (``last_kick_s``) on that clock,
-so the test can compare them with the moment it sent SIGKILL. That is why the daemons killed here
-run on real time (``realtime=True``), not on ``--sim-time`` like the rest of the suite.
+so the test can compare them with the moment it sent SIGKILL. They are, also on ``--sim-time``
+(the board's own clock may lag behind; hw/hal/sim/mirror.py).
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _await_ready_line(proc: subprocess.Popen, timeout_s: float = 15.0) -> None:
 def _kill_controller_mid_treatment(daemons, program: str = "demo"):
     """Start ``program`` from a separate process and kill -9 it while the output runs.
     Returns (daemon, watcher client, t_kill, mirror once enable went low, status once faulted)."""
-    d = daemons.start(realtime=True)
+    d = daemons.start()
     expect_ready(d)
     watcher = d.client("watcher")
     ctl = _spawn_controller(d.socket, program)
@@ -170,7 +170,7 @@ def test_kill9_of_the_service_mid_treatment(tmp_path, record_property):
 
 
 def _kill_daemon_mid_treatment(daemons) -> dict:
-    d = daemons.start(realtime=True)
+    d = daemons.start()
     expect_ready(d)
     c = d.client("kiosk")
 
@@ -255,7 +255,7 @@ def test_stress_script_five_rounds(tmp_path):
     assert os.access(STRESS, os.X_OK)
     assert STRESS.read_text().startswith("#!/usr/bin/env python3\n")
     proc = subprocess.run(
-        [sys.executable, str(STRESS), "--rounds", "5", "--seed", "1", "--state-dir"]
+        [sys.executable, str(STRESS), "--rounds", "5", "--seed", "1", "--sim-time", "--state-dir"]
         + [str(tmp_path / "stress"), "--max-run-s", "1.5"],
         capture_output=True,
         text=True,

@@ -261,7 +261,7 @@ def _treating(d):
 
 @pytest.mark.slow
 def test_kill9_of_the_real_time_process_mid_treatment(daemons, record_property):
-    d = daemons.start(realtime=True)  # the relay's time is compared with the kill's
+    d = daemons.start()
     c, open_id = _treating(d)
     watcher = d.client("watcher")
     rt = d.rt_pid
