@@ -10,9 +10,16 @@ makes a fixture from :class:`DaemonFactory`::
 
 or, when it runs a treatment, hands a scenario to :func:`run_scenario` (run once, never retried).
 
-Every daemon runs as ``sys.executable -m hw --sim`` with PYTHONPATH set to the repository root, its
-socket, state directory and board-mirror file in the test's tmp_path, and its stdout (one event a
-line) captured to a file. Teardown sends SIGTERM, then SIGKILL after 5 s.
+Every daemon runs as ``sys.executable -m hw --sim --sim-time`` with PYTHONPATH set to the repository
+root, its socket, state directory and board-mirror file in the test's tmp_path, and its stdout (one
+event a line) captured to a file. Teardown sends SIGTERM, then SIGKILL after 5 s.
+
+``--sim-time`` (hw.clock.TickClock): the real-time process runs in real time, but its loop, board,
+lease, heartbeat, self-test and supervisor read a clock that the loop's runner moves once a tick,
+never by more than the scheduled step. A pause of the host (a vCPU stolen by the hypervisor, a
+loaded CI machine) is then a pause of the simulated world, not a LOOP_STALL or an expired lease
+that the test did not ask for, and no scenario needs to be run twice. ``Daemon(realtime=True)``
+runs on real time, for the few tests about real time itself.
 
 Run as a script, this file is the controlling kiosk of the crash test (``controller`` mode): it
 connects, starts a program, renews the lease every 100 ms, prints READY once the treatment runs
@@ -27,7 +34,6 @@ import sqlite3
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -78,9 +84,11 @@ class Daemon:
         name: str,
         state_dir: Path | None = None,
         config: Path | None = None,
+        realtime: bool = False,
     ):
         self.root = root
         self.name = name
+        self.realtime = realtime  # CLOCK_MONOTONIC, not --sim-time (see the module's docstring)
         self.socket = root / f"{name}.sock"
         self.state_dir = state_dir or (root / "state")
         self.mirror_path = root / f"{name}.mirror"
@@ -96,6 +104,8 @@ class Daemon:
 
     def argv(self) -> list[str]:
         argv = [sys.executable, "-m", "hw", "--sim", "--socket", str(self.socket)]
+        if not self.realtime:
+            argv.append("--sim-time")
         argv += ["--state-dir", str(self.state_dir), "--sim-mirror", str(self.mirror_path)]
         if self.config is not None:
             argv += ["--config", str(self.config)]
@@ -298,9 +308,9 @@ def write_test_config(path: Path) -> Path:
 
 # ------------------------------------------------------------------------------ host timing
 # The 2 kHz loop runs in a process of its own (hw/control/rt.py) that shares its GIL with nothing
-# else, so a busy service no longer stalls it. No scenario is retried: a LOOP_STALL where a scenario
-# expects none fails the test as a HostTimingFault (naming the trip), like any other unexpected
-# fault.
+# else, and on --sim-time a pause of the host is no gap in its time. No scenario is retried: a
+# LOOP_STALL where a scenario expects none fails the test as a HostTimingFault (naming the trip),
+# like any other unexpected fault.
 HOST_TIMING_FAULTS = frozenset({"LOOP_STALL"})
 
 
@@ -328,38 +338,6 @@ def run_scenario(root: Path, scenario, config: Path | None = None):
     Path(root).mkdir(parents=True, exist_ok=True)
     with DaemonFactory(Path(root), config=config) as factory:
         return scenario(factory)
-
-
-def host_steal_ms() -> float | None:
-    """CPU time the hypervisor took from this VM's CPUs since boot (ms; /proc/stat "steal",
-    summed over the CPUs), or None where the kernel does not count it."""
-    try:
-        with open("/proc/stat") as f:
-            fields = f.readline().split()
-        return int(fields[8]) * 1000.0 / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def retry_on_host_timing(root: Path, scenario, config: Path | None = None):
-    """Run ``scenario(factory)``; run it once more on fresh daemons only when it failed on a
-    LOOP_STALL *and* the hypervisor is measured to have taken CPU time from this machine during
-    that attempt (/proc/stat steal; 10 ms steps). That is the established cause of the stalls
-    seen here: the real-time process holds nothing else, and a stolen vCPU stops it, at steal
-    rates of about one 10 ms step per 30 s on the loop's CPU (measured 2026-12-02). A LOOP_STALL
-    with no steal measured, or any other failure, fails at once: its cause is unknown."""
-    steal0 = host_steal_ms()
-    try:
-        return run_scenario(Path(root) / "attempt1", scenario, config)
-    except HostTimingFault as e:
-        steal1 = host_steal_ms()
-        stolen = None if steal0 is None or steal1 is None else steal1 - steal0
-        if not stolen:
-            raise
-        warnings.warn(
-            f"{e}; the hypervisor took {stolen:.0f} ms of CPU meanwhile: run again", stacklevel=2
-        )
-    return run_scenario(Path(root) / "attempt2", scenario, config)
 
 
 def expect_ready(d: Daemon) -> dict:

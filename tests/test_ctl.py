@@ -60,7 +60,8 @@ def _start_daemon(root: Path, site_yaml: str | None = None, state: str = "ready"
         config = ["--config", str(root / "site.yaml")]
     log = open(root / "daemon.log", "wb")  # closed by _stop_daemon
     proc = subprocess.Popen(
-        [sys.executable, "-m", "hw", "--sim", "--socket", str(sock), "--state-dir", str(root)]
+        [sys.executable, "-m", "hw", "--sim", "--sim-time", "--socket", str(sock)]
+        + ["--state-dir", str(root)]
         + config,
         cwd=REPO,
         env=_env(),

@@ -22,7 +22,7 @@ from daemon_helpers import (
     check_timing,
     expect_ready,
     renew_until,
-    retry_on_host_timing,
+    run_scenario,
     start_treatment,
     subprocess_env,
     treatments,
@@ -75,7 +75,7 @@ class LeaseKeeper(threading.Thread):
 
 # --------------------------------------------------------------------------- Must-show 1
 def test_demo_program_runs_to_the_end_and_is_recorded(tmp_path):
-    retry_on_host_timing(tmp_path, _demo_to_the_end)
+    run_scenario(tmp_path, _demo_to_the_end)
 
 
 def _demo_to_the_end(daemons):
@@ -130,7 +130,7 @@ def _demo_to_the_end(daemons):
 
 # --------------------------------------------------------------------------- SIGTERM
 def test_sigterm_during_treatment_cuts_output_and_closes_the_record(tmp_path):
-    retry_on_host_timing(tmp_path, _sigterm_during_treatment)
+    run_scenario(tmp_path, _sigterm_during_treatment)
 
 
 def _sigterm_during_treatment(daemons):
@@ -201,7 +201,7 @@ def _running_with_lease_keeper(daemons):
 
 # --------------------------------------------------------------------------- several clients
 def test_observers_get_status_while_one_controller_holds_the_lease(tmp_path):
-    retry_on_host_timing(tmp_path, _observers_and_one_controller)
+    run_scenario(tmp_path, _observers_and_one_controller)
 
 
 def _observers_and_one_controller(daemons):
@@ -253,7 +253,7 @@ def _observers_and_one_controller(daemons):
 
 # --------------------------------------------------------------------------- a slow client
 def test_a_client_that_never_reads_does_not_slow_the_others(tmp_path):
-    retry_on_host_timing(tmp_path, _slow_client)
+    run_scenario(tmp_path, _slow_client)
 
 
 def _slow_client(daemons):
@@ -360,9 +360,8 @@ def test_floods_from_other_local_clients_never_end_a_treatment(tmp_path, seeded_
     # Item 10: each flood of the issue (bare newlines without hello, 2000 pipelined `programs`
     # never read, a non-holder pipelining `lease`, `history limit=500` with 1000 treatments on
     # record, 2000 `export_csv` queued, 1100 idle connections) while the kiosk renews its lease
-    # every 100 ms: every renewal is answered held, no fault, still running. One flood a test: a
-    # LOOP_STALL while the hypervisor took CPU time (daemon_helpers.retry_on_host_timing) reruns
-    # only that flood.
+    # every 100 ms: every renewal is answered held, no fault, still running. One flood a test, so
+    # a failure names its flood.
     def scenario(daemons):
         d = daemons.make()
         d.state_dir.mkdir(parents=True, exist_ok=True)
@@ -389,7 +388,7 @@ def test_floods_from_other_local_clients_never_end_a_treatment(tmp_path, seeded_
         assert recs[max(recs)][0] is None, recs[max(recs)]
         assert "Traceback" not in d.log()
 
-    retry_on_host_timing(tmp_path, scenario)
+    run_scenario(tmp_path, scenario)
 
 
 def test_large_replies_are_encoded_in_bounded_pieces(monkeypatch):

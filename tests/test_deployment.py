@@ -26,7 +26,7 @@ from daemon_helpers import (
     Daemon,
     keep_lease,
     renew_until,
-    retry_on_host_timing,
+    run_scenario,
     start_treatment,
 )
 from test_units import HW, KIOSK, Unit, _fake_prefix, _render
@@ -376,7 +376,7 @@ def test_daemon_runs_a_treatment_under_the_units_filter(sandbox, tmp_path):
         assert d.terminate() == 0
         return d.log()
 
-    log = retry_on_host_timing(tmp_path, scenario)
+    log = run_scenario(tmp_path, scenario)
     assert "Operation not permitted" not in log and "Traceback" not in log, log
     # The filter must not be what refuses SCHED_FIFO: where this host grants it unsandboxed, the
     # sandboxed daemon gets it too.

@@ -22,7 +22,7 @@ from daemon_helpers import (
     expect_ready,
     keep_lease,
     renew_until,
-    retry_on_host_timing,
+    run_scenario,
     start_treatment,
     subprocess_env,
     treatments,
@@ -142,7 +142,7 @@ def test_an_exception_in_the_engine_task_cuts_and_stops_the_watchdog(tmp_path):
         assert str(tid) in st["fault"]["detail"] or "INTERNAL" in st["fault"]["detail"], st
         assert st["output"] in OUTPUT_OFF and d2.mirror()["enable"] is False
 
-    retry_on_host_timing(tmp_path, scenario)
+    run_scenario(tmp_path, scenario)
 
 
 # ------------------------------------------------------------------ item 8: fail closed
@@ -206,7 +206,7 @@ def test_a_treatment_that_cannot_be_recorded_stops_and_a_crash_comes_back_unackn
         assert st["output"] in OUTPUT_OFF and d2.mirror()["enable"] is False
         assert treatments(d.db_path)[tid][0] == "interrupted"
 
-    retry_on_host_timing(tmp_path, scenario)
+    run_scenario(tmp_path, scenario)
 
 
 @pytest.mark.slow
@@ -227,7 +227,7 @@ def test_a_slow_commit_delays_the_start_not_the_lease(tmp_path):
         assert st["fault"] is None and st["last_summary"]["end_reason"] == "stopped", st
         assert renew_until(c, lambda s: treatments(d.db_path)[tid][0] == "stopped", 3.0)
 
-    retry_on_host_timing(tmp_path, scenario)
+    run_scenario(tmp_path, scenario)
 
 
 @pytest.mark.slow
@@ -256,7 +256,7 @@ def test_stop_is_not_held_behind_its_own_clients_pending_history_reply(tmp_path)
         st = c.request("status", timeout_s=5.0)
         assert st["state"] in ("ramp_down", "finished") and st["fault"] is None, st
 
-    retry_on_host_timing(tmp_path, scenario)
+    run_scenario(tmp_path, scenario)
 
 
 def _use_up_today(db_path: Path, active_s: float, others: int) -> None:
@@ -340,7 +340,7 @@ def test_a_resume_after_the_holder_left_takes_the_lease(tmp_path):
         st = renew_until(b, lambda s: s["state"] == "finished", 5.0)
         assert st["fault"] is None
 
-    retry_on_host_timing(tmp_path, scenario)
+    run_scenario(tmp_path, scenario)
 
 
 def d_lease_s() -> float:
@@ -414,43 +414,3 @@ def test_cancelling_a_task_is_not_a_failure(hw_daemon):
 
     asyncio.run(run())
     assert d.service_failure is None and not d.guard.tripped
-
-
-def test_a_loop_stall_is_run_again_only_when_the_hypervisor_took_cpu_meanwhile(
-    tmp_path, monkeypatch
-):
-    """The one retry the suite has: a LOOP_STALL with steal measured during the attempt. A stall
-    without steal, or any other failure, fails at once (its cause is unknown)."""
-    import daemon_helpers as dh
-
-    runs = []
-
-    def stalls(factory):
-        runs.append(factory.root.name)
-        raise dh.HostTimingFault("LOOP_STALL: loop resumed after 10.6 ms")
-
-    steal = iter([100.0, 100.0])
-    monkeypatch.setattr(dh, "host_steal_ms", lambda: next(steal))
-    with pytest.raises(dh.HostTimingFault):
-        dh.retry_on_host_timing(tmp_path / "a", stalls)
-    assert runs == ["attempt1"]
-
-    runs.clear()
-    steal = iter([100.0, 110.0])
-    with (
-        pytest.warns(UserWarning, match="hypervisor took 10 ms"),
-        pytest.raises(dh.HostTimingFault),
-    ):
-        dh.retry_on_host_timing(tmp_path / "b", stalls)
-    assert runs == ["attempt1", "attempt2"]  # once more, and only once
-
-    runs.clear()
-
-    def breaks(factory):
-        runs.append(factory.root.name)
-        raise AssertionError("a real failure")
-
-    steal = iter([100.0, 110.0])
-    with pytest.raises(AssertionError, match="a real failure"):
-        dh.retry_on_host_timing(tmp_path / "c", breaks)
-    assert runs == ["attempt1"]

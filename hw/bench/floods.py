@@ -44,10 +44,12 @@ def _send_until(s, data: bytes, stop) -> None:
             return  # closed by the daemon (limits): allowed
 
 
-def _drain(s) -> int:
+def _drain(s, stop) -> int:
+    """Read what has come, until nothing comes for the socket's timeout, EOF, or ``stop``: a
+    daemon that keeps sending (2000 queued exports) must not keep the flood past its end."""
     got = 0
     try:
-        while True:
+        while not stop.is_set():
             chunk = s.recv(1 << 20)
             if not chunk:
                 return got
@@ -77,7 +79,7 @@ def _flood_lease(path, stop) -> list:
     batch = b'{"id":1,"cmd":"lease"}\n' * 200
     while not stop.is_set():
         _send_until(s, batch, stop)
-        _drain(s)
+        _drain(s, stop)
     return [s]
 
 
@@ -86,7 +88,7 @@ def _flood_history(path, stop) -> list:
     batch = b'{"id":1,"cmd":"history","args":{"limit":500}}\n' * 4
     while not stop.is_set():
         _send_until(s, batch, stop)
-        _drain(s)
+        _drain(s, stop)
     return [s]
 
 
@@ -94,7 +96,7 @@ def _flood_export(path, stop) -> list:
     s = _raw(path)  # 2000 CSV exports queued at once, read lazily
     _send_until(s, b'{"id":1,"cmd":"export_csv"}\n' * 2000, stop)
     while not stop.is_set():
-        _drain(s)
+        _drain(s, stop)
     return [s]
 
 

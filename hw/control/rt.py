@@ -276,14 +276,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--board")
     ap.add_argument("--sim", action="store_true")
     ap.add_argument("--sim-mirror")
+    ap.add_argument("--sim-time", action="store_true", help="(sim, tests) hw.clock.TickClock")
     args = ap.parse_args(argv)
     setup_logging(sys.stdout)  # <N> priority prefixes when stdout is the journal
+    if args.sim_time and not args.sim:
+        log.error("RT CONFIG --sim-time is for the simulated board only (--sim)")
+        return 2
     _pdeathsig()
     if args.parent_pid and os.getppid() != args.parent_pid:
         log.error("RT the service is already gone; not starting")
         return 1
     sock = socket.socket(fileno=args.channel_fd)
-    from hw.clock import MonotonicClock
+    from hw.clock import MonotonicClock, TickClock
     from hw.config import ConfigError, load_config
     from hw.config.boardfile import board_path_for
     from hw.control.loop import ACTIVE, ControlLoop
@@ -298,7 +302,9 @@ def main(argv: list[str] | None = None) -> int:
         for p in e.problems:
             log.error("RT CONFIG %s", p)
         return 2
-    clock = MonotonicClock()
+    # Real time, but for a test's simulated board: there, a pause of the host pauses the
+    # simulated world too (hw.clock.TickClock), and the runner moves that clock.
+    clock = TickClock() if args.sim_time else MonotonicClock()
     try:
         board = build_board(cfg, sim=args.sim, clock=clock)
     except BoardUnavailable as e:
@@ -310,7 +316,12 @@ def main(argv: list[str] | None = None) -> int:
     loop = ControlLoop(cfg, board, clock, guard)
     supervisor = Supervisor(loop, clock)
     server = RtServer(sock, loop, supervisor, board)
-    runner = LoopRunner(loop, before_tick=server.before_tick, after_tick=server.after_tick)
+    runner = LoopRunner(
+        loop,
+        before_tick=server.before_tick,
+        after_tick=server.after_tick,
+        tick_clock=clock if args.sim_time else None,
+    )
     server.hists = (runner.late_hist, runner.gap_hist)
 
     # The main thread waits in sigwait (no GIL, no periodic wake-up: a normal-priority thread

@@ -18,6 +18,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
+from hw.clock import TickClock
 from hw.config import Config
 from hw.control.tickhist import TickHistogram, bin_of
 from hw.safety.thresholds import IDLE_PERIOD_MS
@@ -98,8 +99,13 @@ class LoopRunner:
         stats_size: int = 20000,
         before_tick: Callable[[], None] | None = None,
         after_tick: Callable[[], None] | None = None,
+        tick_clock: TickClock | None = None,
     ):
         self.loop = loop
+        # The loop's clock when it is a TickClock (a test's simulated board, --sim-time): the
+        # runner moves it once a tick, by the real time since the previous tick, never more than
+        # the scheduled step, so a pause of the host is no gap in the loop's time.
+        self.tick_clock = tick_clock
         # Hooks run on the loop's thread around every tick, inside its measured cost: the
         # real-time process drains its command channel before and publishes after.
         self.before_tick = before_tick
@@ -133,7 +139,8 @@ class LoopRunner:
         self.started.wait(2.0)
 
     def inject_stall(self, seconds: float) -> None:
-        """Fault injection: the next tick blocks for ``seconds`` (a hung loop)."""
+        """Fault injection: the next tick blocks for ``seconds`` (a hung loop; on a TickClock its
+        time moves on by as much, so the supervisor and the loop see the stall)."""
         self._stall_s = seconds
 
     def _run(self) -> None:
@@ -143,6 +150,8 @@ class LoopRunner:
         period, spin, idle_period = self.period_s, self.spin_s, self.idle_period_s
         late, cost = self.late_us, self.cost_us
         wake = self._wake
+        tick_clock = self.tick_clock
+        step = period  # the step scheduled to the coming tick
         late_n, gap_n = self.late_hist.counts, self.gap_hist.counts
         nxt = pc() + period
         t_prev = nxt - period
@@ -165,9 +174,13 @@ class LoopRunner:
                 late.append((t0 - nxt) * 1e6)
                 late_n[bin_of(int((t0 - nxt) * 1e6))] += 1
             gap_n[bin_of(int((t0 - t_prev) * 1e6))] += 1
+            if tick_clock is not None:
+                tick_clock.advance(min(t0 - t_prev, step))
             t_prev = t0
             if self._stall_s:
                 s, self._stall_s = self._stall_s, 0.0
+                if tick_clock is not None:
+                    tick_clock.advance(s)
                 time.sleep(s)
             if self.before_tick is not None:
                 self.before_tick()
@@ -180,10 +193,13 @@ class LoopRunner:
             still_idle = loop.can_idle()
             if idle and not still_idle and loop.on_busy is not None:
                 loop.on_busy()  # the supervisor back to its full cadence
-            nxt += idle_period if idle and still_idle else period
+            step = idle_period if idle and still_idle else period
+            nxt += step
             if t1 > nxt:
                 loop.overruns += 1
-                if t1 - nxt > self.MAX_CATCH_UP * period:
+                if tick_clock is not None:
+                    nxt = t1  # on a TickClock a pause did not happen: nothing to catch up
+                elif t1 - nxt > self.MAX_CATCH_UP * period:
                     # Far behind (a long stall): skip ahead rather than burst through old ticks.
                     nxt += (int((t1 - nxt) / period) + 1) * period
 

@@ -52,11 +52,21 @@ def main(argv: list[str] | None = None) -> int:
         "--state-dir", default=os.environ.get("MCK_STATE_DIR", "/var/lib/microcurrent-kiosk")
     )
     ap.add_argument("--sim-mirror", help="(sim) mirror the board's pins into this file")
+    ap.add_argument(
+        "--sim-time",
+        action="store_true",
+        help="(sim, tests) the loop's clock moves with its ticks, so a pause of the host is no "
+        "stall (hw.clock.TickClock); refused without --sim",
+    )
     args = ap.parse_args(argv)
     setup_logging(sys.stdout)  # <N> priority prefixes when stdout is the journal
     from hw.service.notify import Notifier
 
     notifier = Notifier()
+    if args.sim_time and not args.sim:
+        log.error("CONFIG --sim-time is for the simulated board only (--sim): no output")
+        notifier.status("config error: no output")
+        return 2
     try:
         cfg = load_config(args.config, board_path=board_path_for(args.board, sim=args.sim))
     except ConfigError as e:
@@ -94,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
             sim=args.sim,
             sim_mirror=args.sim_mirror,
             keep_fds=(lock_fd,),
+            sim_time=args.sim_time,
         )
     except RealtimeUnavailable as e:
         log.error("REALTIME %s", e)

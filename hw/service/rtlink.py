@@ -402,6 +402,7 @@ def spawn_realtime(
     sim: bool,
     sim_mirror: str | None = None,
     keep_fds: tuple[int, ...] = (),
+    sim_time: bool = False,
 ) -> LoopProxy:
     """Start ``python -m hw.control.rt`` and return its proxy once it said hello with ``cfg``'s
     digest. ``keep_fds`` (the socket lock) stay open in it: a new daemon cannot start while it
@@ -423,6 +424,8 @@ def spawn_realtime(
         argv.append("--sim")
         if sim_mirror:
             argv += ["--sim-mirror", str(sim_mirror)]
+        if sim_time:
+            argv.append("--sim-time")
     try:
         # Its own session: a terminal's Ctrl-C reaches the service, which stops it in order.
         proc = subprocess.Popen(

@@ -11,9 +11,10 @@ and by the outcome, never by the wall clock. The timeouts here are only upper bo
 to happen at all.
 
 Stdout carries one line per milestone for the test that orchestrates the processes:
-``MARK name`` (e.g. "the treatment runs: kill the daemon now"), ``HOST_TIMING code detail`` (the
-daemon tripped LOOP_STALL: a known host-load cause, see tests/daemon_helpers.py), ``FAILED why``
-and ``DONE``. OUTDIR/SCENARIO.json is rewritten at every mark (a kill -9 may end the process).
+``MARK name`` (e.g. "the treatment runs: kill the daemon now"), ``HOST_TIMING code detail`` (a
+fault of timing the scenario did not cause: a LOOP_STALL, or a LEASE_EXPIRED after this UI thread
+was held past the lease; the test fails naming it, and runs nothing again), ``FAILED why`` and
+``DONE``. OUTDIR/SCENARIO.json is rewritten at every mark (a kill -9 may end the process).
 """
 
 from __future__ import annotations
@@ -300,8 +301,8 @@ class Driver:
         if code == "LEASE_EXPIRED" and gap_ms >= self.vm.lease_ms - 1000.0 * LEASE_RENEW_S:
             # The lease did its job: this UI thread was held long enough (a renewal is sent in
             # the first frame after each 100 ms) that no renewal reached the daemon in time.
-            # On a loaded host that is host timing, named with its evidence; the test runs the
-            # scenario again (tests/daemon_helpers.py). Without such a gap it is a failure.
+            # On a loaded host that is host timing, named with its evidence (the test fails
+            # with it). Without such a gap it is a failure of the kiosk or the daemon.
             self.result = f"host timing: {code} after a {gap_ms:.0f} ms frame"
             self.finish(f"HOST_TIMING {code} the UI thread was held {gap_ms:.0f} ms")
             return

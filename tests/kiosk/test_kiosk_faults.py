@@ -32,9 +32,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: daemon_helpers
 
-from daemon_helpers import (  # noqa: E402
+from daemon_helpers import (
     HostTimingFault,
-    retry_on_host_timing,
+    run_scenario,  # noqa: E402
     subprocess_env,
 )
 
@@ -159,7 +159,7 @@ def scenario(factory):
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     root = tmp_path_factory.mktemp("kiosk-faults")
-    got = retry_on_host_timing(root, scenario)
+    got = run_scenario(root, scenario)
     print(f"kiosk fault screenshots in {got['out']}")
     return got
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from collections import deque
-from time import perf_counter
+from time import monotonic, perf_counter
 
 from gpiozero.pins.mock import MockFactory, MockPin
 
@@ -120,18 +120,29 @@ class SimBoard:
         self.plant.on_relay_change = self._relay_changed
         self.plant.on_latch_change = self._latch_changed
         self.mirror = None  # hw.hal.sim.mirror.Mirror, when other processes must see the pins
+        # The last dead-man edge on CLOCK_MONOTONIC, for the mirror: the lines outlive the process
+        # in real time, whatever clock the board runs on (hw.clock.TickClock in the tests).
+        self._kick_mono_s = -1e9
         self.plant.advance(clock.now())
 
     def attach_mirror(self, path) -> None:
         from hw.hal.sim.mirror import Mirror
 
         self.mirror = Mirror(path, self.plant.deadman_s)
-        self._write_mirror(self.clock.now())
+        self._write_mirror()
 
-    def _write_mirror(self, now: float) -> None:
+    def _write_mirror(self) -> None:
+        """Stamped on CLOCK_MONOTONIC, which the processes that read the mirror share (not on the
+        board's clock)."""
         p = self.plant
         self.mirror.write(
-            p.enable, p.shdn_high, p.relay_closed, p.latched, p.last_kick_s, now, p.i_load_ua
+            p.enable,
+            p.shdn_high,
+            p.relay_closed,
+            p.latched,
+            self._kick_mono_s,
+            monotonic(),
+            p.i_load_ua,
         )
 
     # ---- hooks from pins and plant ----------------------------------------------------------
@@ -151,7 +162,10 @@ class SimBoard:
             p = self.plant
             p.advance(now)
             if role == "kick":
+                edge = p.last_kick_s
                 p.kick(value, now)
+                if p.last_kick_s != edge:
+                    self._kick_mono_s = monotonic()
             elif role == "enable":
                 p.enable = value
                 if not value:
@@ -179,7 +193,7 @@ class SimBoard:
                 self._drive_interlock_inputs()
             p._update_relay(now)
             if self.mirror is not None and role in ("kick", "enable", "dac_shdn"):
-                self._write_mirror(now)
+                self._write_mirror()
 
     def _relay_changed(self, t_s: float, closed: bool) -> None:
         if not closed:

@@ -2,9 +2,11 @@
 
 On real hardware the lines outlive the process: after ``kill -9`` the enable line keeps its level
 and the dead-man stops toggling, and the monostable then opens the relay. The simulated board lives
-inside the daemon, so it writes its pin levels and the time of the last dead-man edge (on the
-shared CLOCK_MONOTONIC) into an mmap'd file; a test reads it after killing the daemon and applies
-the monostable's rule to decide when the relay opened.
+inside the daemon, so it writes its pin levels and the time of the last dead-man edge into an
+mmap'd file; a test reads it after killing the daemon and applies the monostable's rule to decide
+when the relay opened. Its times (``last_kick_s``, ``written_s``) are CLOCK_MONOTONIC, which every
+process shares, whatever clock the board itself runs on: the lines outlive the process in real
+time.
 """
 
 from __future__ import annotations
