@@ -38,7 +38,7 @@ class SimClock:
         self._t = t_s
 
 
-class TickClock:
+class TickClock(SimClock):
     """Simulated time for a daemon on the *simulated* board that runs in real time beside a test
     (``python -m hw --sim --sim-time``): it moves only when the loop's runner moves it, once a
     tick, by the real time since the previous tick but never by more than the step the runner had
@@ -56,12 +56,5 @@ class TickClock:
     the appliance, ``run-sim``, the demo and every benchmark run on :class:`MonotonicClock`."""
 
     def __init__(self, start_s: float | None = None):
-        self._t = time.monotonic() if start_s is None else float(start_s)
-
-    def now(self) -> float:
-        return self._t
-
-    def advance(self, dt_s: float) -> None:
-        if dt_s < 0:
-            raise ValueError("time does not run backwards")
-        self._t += dt_s
+        # A SimClock that starts near real time (the service's CLOCK_MONOTONIC stamps stay close).
+        super().__init__(time.monotonic() if start_s is None else start_s)
