@@ -11,16 +11,17 @@ from hw.bench.stats import pct as _pct
 from hw.config import Config
 
 
-def daemon_process_figures(rtt_requests: int, cpu_s: float = 10.0) -> dict:
+def daemon_process_figures(rtt_requests: int, cpu_s: float = 10.0, sim_time: bool = False) -> dict:
     """IPC round trip and memory of a real daemon process running a treatment, and the CPU the
-    daemon and its child processes use over ``cpu_s`` with the output off, then treating."""
+    daemon and its child processes use over ``cpu_s`` with the output off, then treating
+    (``sim_time``: the daemon's loop on --sim-time, see daemon_driver.spawned_daemon)."""
     import tempfile
 
     from hw.bench import proctree
     from hw.bench.proctree import tree_cpu_pct
 
     with tempfile.TemporaryDirectory() as tmp:
-        with spawned_daemon(tmp) as (proc, _sock, c):
+        with spawned_daemon(tmp, sim_time=sim_time) as (proc, _sock, c):
             cpu_idle = tree_cpu_pct(proc.pid, cpu_s)
             _run_treatment(c)
             # The kiosk's own load while treating: a renewal every 100 ms, nothing else.
@@ -51,7 +52,7 @@ def daemon_process_figures(rtt_requests: int, cpu_s: float = 10.0) -> dict:
             }
 
 
-def command_to_dac(cfg: Config, changes: int) -> dict:
+def command_to_dac(cfg: Config, changes: int, sim_time: bool = False) -> dict:
     """Level change sent over the socket until the loop's DAC write toward the new target.
 
     The daemon's service runs in this process (its real threads and socket) with its real-time
@@ -73,7 +74,9 @@ def command_to_dac(cfg: Config, changes: int) -> dict:
 
     with tempfile.TemporaryDirectory() as tmp:
         clock = MonotonicClock()
-        rt = spawn_realtime(cfg, site_config=None, board_path=str(sim_board_path()), sim=True)
+        rt = spawn_realtime(
+            cfg, site_config=None, board_path=str(sim_board_path()), sim=True, sim_time=sim_time
+        )
         d = Daemon(cfg, None, clock, Path(tmp) / "hw.sock", Path(tmp), Notifier(env={}), rt=rt)
         d.start_hardware()
         import asyncio

@@ -220,16 +220,16 @@ def run_floods(sock_path, kiosk, kinds=tuple(FLOODS), seconds: float = FLOOD_S) 
     return out
 
 
-def flood_figures(seconds: float = FLOOD_S) -> dict:
+def flood_figures(seconds: float = FLOOD_S, sim_time: bool = False) -> dict:
     """A real daemon process with 1000 treatments on record runs ``FLOOD_PROGRAM``; the worst
     lease round trip of the kiosk-like client over every flood, and whether the treatment
-    survived them all."""
+    survived them all (``sim_time``: the daemon's loop on --sim-time)."""
     import tempfile
     from pathlib import Path
 
     with tempfile.TemporaryDirectory() as tmp:
         seed_history(Path(tmp) / "history.db")
-        with spawned_daemon(tmp, "kiosk") as (_proc, sock, c):
+        with spawned_daemon(tmp, "kiosk", sim_time) as (_proc, sock, c):
             _run_treatment(c, FLOOD_PROGRAM)
             per = run_floods(sock, c, kinds=tuple(FLOODS), seconds=seconds)
             if c.request("status")["state"] == "running":
