@@ -694,6 +694,18 @@ def test_site_override_changes_only_what_it_names(tmp_path):
     assert got == base
 
 
+def test_each_value_names_the_file_it_came_from(tmp_path):
+    # The kiosk's service area shows the limits in force with these files.
+    path = site(tmp_path, "limits:\n  lease_ms: 250\nui:\n  blank_after_s: 60\n")
+    cfg = load_config(path, env={})
+    assert cfg.source_of("limits.lease_ms") == str(path)
+    assert cfg.source_of("ui.blank_after_s") == str(path)
+    assert cfg.source_of("limits.max_current_ua") == str(default_config_path())
+    assert cfg.source_of("loop.rate_hz") == str(default_config_path())
+    assert load_config(env={}).source_of("limits.lease_ms") == str(default_config_path())
+    assert cfg.source_of("limits.no_such_key") == "built in"
+
+
 def test_board_file_changes_only_what_it_names(tmp_path):
     base = load_config(env={}).model_dump()
     got = load_config(env={}, board_path=board(tmp_path, {"pins.buzzer": 13})).model_dump()

@@ -84,6 +84,7 @@ class FakeRecorder:
         self.clock = clock
         self.calls: list[tuple] = []
         self.used_s = 0.0
+        self.screening: dict | None = None  # the latest contraindication check on record
         self._next_id = 1
         self.fail: dict[str, BaseException] = {}  # call name -> the error its future carries
         self.hold: set[str] = set()  # call names whose futures stay pending
@@ -129,6 +130,9 @@ class FakeRecorder:
 
     def active_s_today(self) -> Future:
         return self._answer("active_s_today", self.used_s)
+
+    def last_screening(self) -> Future:
+        return self._answer("last_screening", self.screening)
 
     def of(self, kind: str) -> list[tuple]:
         return [c for c in self.calls if c[0] == kind]
@@ -1176,6 +1180,72 @@ def test_no_start_when_todays_time_cannot_be_read(make_kiosk):
     _no_output_since(k, n)
 
 
+ALL_NO = {
+    q: False
+    for q in (
+        "implant",
+        "epilepsy",
+        "pregnancy",
+        "cancer_or_broken_skin",
+        "recent_surgery_or_injectables",
+        "under_18",
+    )
+}
+
+
+@pytest.mark.parametrize("yes", ["implant", "pregnancy", "under_18"])
+def test_no_start_while_the_check_on_record_answered_yes(make_kiosk, yes):
+    k = make_kiosk()
+    to_ready(k)
+    k.rec.screening = {"passed": False, "t": "x", "answers": {**ALL_NO, yes: True}}
+    n = len(k.loop.events)
+    before = fingerprint(k)
+    with pytest.raises(EngineRefused, match=f"answered yes \\({yes}\\)"):
+        k.engine.start("demo", 2)
+    assert fingerprint(k) == before and not k.rec.of("begin")
+    k.run(0.1)
+    _no_output_since(k, n)
+    # A later check with every answer no is what lets a treatment start again.
+    k.rec.screening = {"passed": True, "t": "y", "answers": ALL_NO}
+    assert k.engine.start("demo", 2).result(timeout=0) in ("contact_check", "self_test")
+
+
+@pytest.mark.parametrize(
+    "record",
+    [
+        {"passed": "yes", "answers": ALL_NO},  # a flag that is not true/false
+        {"answers": ALL_NO},  # no verdict at all
+        "garbage",  # not a record
+    ],
+)
+def test_a_check_on_record_that_cannot_be_told_refuses(make_kiosk, record):
+    k = make_kiosk()
+    to_ready(k)
+    k.rec.screening = record
+    with pytest.raises(EngineRefused, match="answered yes"):
+        k.engine.start("demo", 2)
+    assert k.engine.state == S.READY and not k.rec.of("begin")
+
+
+def test_no_start_when_the_check_on_record_cannot_be_read(make_kiosk):
+    k = make_kiosk()
+    to_ready(k)
+    k.rec.fail["last_screening"] = OSError("disk I/O error")
+    n = len(k.loop.events)
+    with pytest.raises(EngineRefused, match="cannot read the contraindication check"):
+        k.engine.start("demo", 2)
+    assert k.engine.state == S.READY and not k.rec.of("begin")
+    k.run(0.1)
+    _no_output_since(k, n)
+
+
+def test_with_no_check_on_record_a_start_goes_on(make_kiosk):
+    k = make_kiosk()  # the service tools and the benches start treatments with none on record
+    to_ready(k)
+    assert k.rec.screening is None
+    assert k.engine.start("demo", 2).result(timeout=0) == "contact_check"
+
+
 def test_no_start_when_the_treatment_cannot_be_recorded(make_kiosk):
     k = make_kiosk()
     to_ready(k)
@@ -1213,7 +1283,7 @@ def test_the_record_is_begun_before_the_output_comes_on(make_kiosk):
     assert k.engine.treatment.treatment_id == k.rec.of("begin")[0][2]
 
 
-@pytest.mark.parametrize("slow", ["active_s_today", "begin"])
+@pytest.mark.parametrize("slow", ["active_s_today", "last_screening", "begin"])
 def test_a_start_the_history_does_not_answer_fails_closed(make_kiosk, slow):
     k = make_kiosk()
     to_ready(k)
@@ -1326,3 +1396,21 @@ def test_a_long_lift_off_pauses_the_treatment_and_only_resume_goes_on(make_kiosk
     assert balanced and abs(balanced[-1]["net_charge_uc"]) <= 1.0, balanced
     assert not k.loop.guard.tripped
     assert_diagram(k.engine)
+
+
+@pytest.mark.parametrize("sound", [True, False])
+def test_sound_off_keeps_the_cues_on_screen_and_the_buzzer_silent(sound):
+    base = load_config(env={})
+    cfg = base.model_copy(update={"programs": (*base.programs, Program.model_validate(TOUR))})
+    k = Kiosk(cfg)
+    try:
+        assert k.engine.set_sound(sound) is sound
+        to_ready(k)
+        k.engine.start("test-tour", 2)
+        k.wait_for(S.RAMP_UP, 2.0)
+        k.run(7.0)  # two relocate cues of the first step and the next-zone cue
+        assert len(k.emitted("cue")) >= 3  # the screen is cued either way
+        beeps = [e for e in k.rig.sim.events if e[1] == "buzzer" and e[2]]
+        assert bool(beeps) is sound
+    finally:
+        k.close()

@@ -151,7 +151,11 @@ def test_the_proxy_drives_the_loop_through_the_channel(split):
     p.run_post()
     assert p.post_result is None
     split.run(2.0)
-    assert p.post_result == {"passed": True} and p.guard.post_valid
+    assert p.post_result["passed"] is True and p.guard.post_valid
+    # Every step with its figures crossed the channel (the service area shows them).
+    mine = split.rig.loop.post_result["steps"]
+    assert p.post_result["steps"] == mine
+    assert len(mine) == 10
     assert p.start_blocker() is None
     p.service_beat()
     p.start(WaveformSpec(50.0, 10.0), 100.0)

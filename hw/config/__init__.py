@@ -223,4 +223,14 @@ def load_config(
         problems.append(Problem(chosen, key, value, allowed))
     if problems:
         raise ConfigError(problems)
+    cfg._sources = {k: _file_for(k, origin, fallback(k)) for k in _leaf_keys(cfg)}
     return cfg
+
+
+def _leaf_keys(cfg: Config) -> list[str]:
+    """Every dotted key of the limits, the loop and the UI (what the service area lists)."""
+    out = []
+    for section in ("limits", "loop", "ui"):
+        for name in type(getattr(cfg, section)).model_fields:
+            out.append(f"{section}.{name}")
+    return out

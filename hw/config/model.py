@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr
 from pydantic_core import PydanticCustomError
 
 # --------------------------------------------------------------------------------------------
@@ -226,6 +226,24 @@ class Config(_Strict):
     hardware: Hardware
     programs: tuple[Program, ...] = Field(min_length=1, max_length=50, strict=False)
     ui: Ui
+    # Which file each value came from ("limits.lease_ms" -> path), set by hw.config.load_config;
+    # empty for a Config built in code.
+    _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def __eq__(self, other: object) -> bool:
+        # The same values are the same config, whichever files they came from.
+        if not isinstance(other, Config):
+            return NotImplemented
+        return self.__dict__ == other.__dict__
+
+    def source_of(self, key: str) -> str:
+        """The file that set ``key`` (a dotted path such as ``limits.lease_ms``), or "built in"."""
+        probe = key
+        while probe:
+            if probe in self._sources:
+                return self._sources[probe]
+            probe = probe.rpartition(".")[0]
+        return "built in"
 
     def program(self, program_id: str) -> Program:
         for p in self.programs:

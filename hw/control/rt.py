@@ -116,6 +116,10 @@ class RtServer:
         if pr is not self._sent_post:
             self._sent_post = pr
             if pr is not None:
+                # Each step with its figures first (the service area shows them), then the verdict.
+                t = loop.clock.now()
+                for step in pr.get("steps", ()):
+                    self._send(C.event(t, "post_step", code=step["step"], text=_figures(step)))
                 self._send(
                     C.post(
                         bool(pr.get("passed")), pr.get("failed_step") or "", pr.get("reason", "")
@@ -255,6 +259,11 @@ class RtServer:
         elif c == Cmd.SIM_CLEAR and name in sim.active_faults:
             sim.clear(name)
         return ",".join(sorted(sim.active_faults))
+
+
+def _figures(step: dict) -> str:
+    """A self-test step's figures as ``name=value`` pairs (they fit one event's text)."""
+    return " ".join(f"{k}={v!r}" for k, v in step.items() if isinstance(v, int | float))
 
 
 def _pdeathsig() -> None:

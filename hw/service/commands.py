@@ -16,6 +16,7 @@ from hw.control.loop import CommandRefused
 from hw.service import protocol as P
 from hw.service.engine import EngineRefused, State
 from hw.service.history_commands import HistoryCommands
+from hw.service.service_info import service_info
 
 if TYPE_CHECKING:
     from hw.service.connection import Client
@@ -129,6 +130,7 @@ class Commands:
                 "sim": self.d.board.sim is not None,
                 "lease_ms": self.d.cfg.limits.lease_ms,
                 "level_count": self.d.cfg.limits.level_count,
+                "sound": eng.sound,
             }
         if cmd == "subscribe":
             client.want_status = a.get("status", client.want_status)
@@ -146,6 +148,10 @@ class Commands:
             return self.history.screening(cmd, a, req.id)
         if cmd == "sim":
             return self._sim_command(a)
+        if cmd == "set_sound":
+            return {"sound": eng.set_sound(a["on"])}  # a preference: anyone may change it
+        if cmd == "service_info":
+            return service_info(self.d)
         if cmd in P.CONTROL_COMMANDS:
             holder = self.d.lease_holder
             if holder is not None and holder is not client and eng.state in LEASED:

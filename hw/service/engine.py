@@ -96,6 +96,8 @@ class Engine:
         self._last_t = clock()
         self._last_snap = None
         self._beep_off_at: float | None = None
+        # The buzzer's cues (a preference, set_sound): off, a cue is still emitted for the screen.
+        self.sound = True
         self._events_seen = 0
         self.transitions: collections.deque[tuple[State, State]] = collections.deque(
             maxlen=TRANSITIONS_KEPT
@@ -356,9 +358,18 @@ class Engine:
         self.loop.set_target(self._ua(tr.level, step))  # the new step's cap applies at once
         self._cue("next_zone", tr)
 
+    def set_sound(self, on: bool) -> bool:
+        """The buzzer's relocate/next-zone cues on or off (kept until the daemon restarts)."""
+        self.sound = bool(on)
+        if not self.sound and self._beep_off_at is not None:
+            self.loop.board.lines.buzzer.off()
+            self._beep_off_at = None
+        return self.sound
+
     def _cue(self, kind: str, tr: Treatment) -> None:
-        self.loop.board.lines.buzzer.on()
-        self._beep_off_at = self.clock() + CUE_BEEP_S
+        if self.sound:
+            self.loop.board.lines.buzzer.on()
+            self._beep_off_at = self.clock() + CUE_BEEP_S
         self.emit(
             "cue", {"kind": kind, "zone": tr.step.zone, "step": tr.step_index, "text": tr.step.text}
         )

@@ -119,6 +119,8 @@ COMMANDS: dict[str, dict[str, Arg]] = {
     # Every question must be answered, each with true or false (see SCREENING_QUESTIONS).
     "screening": {"answers": Arg(dict, True, choices=SCREENING_QUESTIONS)},
     "screening_status": {},
+    "set_sound": {"on": _bool(required=True)},  # the buzzer's cues (a preference)
+    "service_info": {},  # the self-test's steps, the limits in force with their files, versions
     # Only with --sim (the desktop panel): faults and skins are checked by the daemon.
     "sim": {
         "action": _str(10, choices=SIM_ACTIONS),

@@ -135,6 +135,9 @@ class HistoryRecorder:
         day = self.today()
         return self.w.submit(lambda h: h.active_s_on(day), urgent=True)
 
+    def last_screening(self) -> concurrent.futures.Future:
+        return self.w.submit(lambda h: h.last_screening(), urgent=True)
+
 
 def unacknowledged_fault(h: History) -> str | None:
     """The code of a fault recorded after the last acknowledgement, if any."""

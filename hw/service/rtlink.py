@@ -40,6 +40,7 @@ REPLY_TIMEOUT_S = 0.5  # a real-time process that does not answer in this is los
 RT_SILENT_S = 1.0  # ...and one that publishes no state for this long
 STOP_TIMEOUT_S = 3.0  # SHUTDOWN until the process has exited (then SIGKILL)
 CHANNEL_BUFFER_BYTES = 1 << 20
+POST_STEPS_KEPT = 20  # a self-test has 10 steps: more is a fault of the sender, not kept
 
 
 class RealtimeUnavailable(RuntimeError):
@@ -75,6 +76,7 @@ class LoopProxy:
         self.contact = True
         self.snapshot: Snapshot | None = None
         self.post_result: dict | None = None
+        self._post_steps: list[dict] = []  # the steps of the self-test whose verdict is next
         self.service_beat_max_s = min(
             cfg.loop.service_heartbeat_ms / 1000.0, cfg.limits.lease_ms / 1000.0
         )
@@ -182,6 +184,7 @@ class LoopProxy:
                 if m.passed
                 else {"passed": False, "failed_step": m.failed_step or None, "reason": m.reason}
             )
+            self.post_result["steps"], self._post_steps = self._post_steps, []
         elif isinstance(m, C.Hello):
             self.rt_pid, self.sched_note, self._digest = m.pid, m.sched, m.digest
         elif isinstance(m, C.HistMsg):
@@ -240,6 +243,11 @@ class LoopProxy:
             )
 
     def _on_event(self, m: C.Event) -> None:
+        if m.kind == "post_step":  # the verdict (a POST message) follows its steps
+            figures = dict(kv.split("=", 1) for kv in m.text.split() if "=" in kv)
+            self._post_steps.append({"step": m.code, **{k: _num(v) for k, v in figures.items()}})
+            del self._post_steps[:-POST_STEPS_KEPT]
+            return
         if m.kind == "fault":
             code = Fault(m.code) if m.code in Fault.__members__ else Fault.INTERNAL
             message, action = FAULT_TEXT[code]
@@ -392,6 +400,13 @@ class LoopProxy:
             raise RealtimeUnavailable(
                 "the real-time process loaded a different configuration; not starting", 2
             )
+
+
+def _num(text: str) -> float | str:
+    try:
+        return float(text)
+    except ValueError:
+        return text
 
 
 def spawn_realtime(

@@ -1,10 +1,13 @@
 """The engine's start of a treatment, which fails closed: no output before the history answered.
 
-A start first reads today's used treatment time (the daily limit), runs the self-test when one is
-due (the first treatment of a day, any after a fault), then begins the treatment's record; only
-when each answered OK in time (``START_TIMEOUT_S`` each) is the loop asked for output. A refused
-start returns the engine to where it was and leaves nothing switched on. These are the Engine's
-own steps (they read and set its state: ``eng`` is the Engine), kept in a file of their own.
+A start first reads today's used treatment time (the daily limit) and the latest contraindication
+check on record (a "yes" to any question refuses every start until a check with none is recorded;
+with none on record, as from the service tools, the start goes on: the kiosk asks before its home
+screen), runs the self-test when one is due (the first treatment of a day, any after a fault),
+then begins the treatment's record; only when each answered OK in time (``START_TIMEOUT_S``
+each) is the loop asked for output. A refused start returns the engine to where it was and leaves
+nothing switched on. These are the Engine's own steps (they read and set its state: ``eng`` is
+the Engine), kept in a file of their own.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ class PendingStart:
     ticket: Future  # -> the state the start reached, or EngineRefused
     deadline_s: float
     used: Future | None = None
+    screening: Future | None = None
     record: Future | None = None
     daily_left_s: float = 0.0
 
@@ -55,6 +59,7 @@ def start(eng: Engine, program_id: str, level: int | None = None) -> Future:
         raise EngineRefused(f"level must be 1..{eng.cfg.limits.level_count}")
     st = PendingStart(program, level, eng.state, Future(), eng.clock() + START_TIMEOUT_S)
     st.used = eng.recorder.active_s_today()
+    st.screening = eng.recorder.last_screening()
     eng._starting = st
     advance(eng)
     if st.ticket.done() and st.ticket.exception() is not None:
@@ -82,8 +87,17 @@ def advance(eng: Engine) -> None:
                 f"cannot read today's treatment time ({type(e).__name__}: {e}); "
                 "no treatment without it",
             )
+        why = screening_refusal(st.screening)
+        if why == "wait":
+            if now > st.deadline_s:
+                return refuse(
+                    eng, "the history did not answer in time; the contraindication check is unknown"
+                )
+            return eng._go(State.STARTING)
+        if why:
+            return refuse(eng, why)
         used = float(st.used.result()) + eng._unrecorded_s.get(eng.today(), 0.0)
-        st.used = None
+        st.used = st.screening = None
         left = eng.cfg.limits.daily_max_s - used
         if not left >= 10.0:  # NaN refuses too
             return refuse(
@@ -132,6 +146,31 @@ def advance(eng: Engine) -> None:
     eng._starting = None
     if not st.ticket.done():
         st.ticket.set_result(str(eng.state))
+
+
+def screening_refusal(fut: Future) -> str | None:
+    """Why the contraindication check on record refuses a start ("wait" while it is read), or None.
+    Fails closed: an unreadable check, or one whose answers cannot be told, refuses."""
+    if not fut.done():
+        return "wait"
+    e = fut.exception()
+    if e is not None:
+        return (
+            f"cannot read the contraindication check on record ({type(e).__name__}: {e}); "
+            "no treatment without it"
+        )
+    last = fut.result()
+    if last is None:
+        return None
+    if not isinstance(last, dict) or last.get("passed") is not True:
+        answers = last.get("answers") if isinstance(last, dict) else None
+        yes = sorted(k for k, v in answers.items() if v) if isinstance(answers, dict) else []
+        return (
+            "the contraindication check on record answered yes"
+            + (f" ({', '.join(yes)})" if yes else "")
+            + ": this device must not be used; see the first-use questions"
+        )
+    return None
 
 
 def refuse(eng: Engine, reason: str, *, back: bool = True) -> None:

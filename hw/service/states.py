@@ -44,6 +44,9 @@ class Recorder(Protocol):
 
     def active_s_today(self) -> Future[float]: ...
 
+    # The latest contraindication check ({"passed", "t", "answers"}), or None if none is on record.
+    def last_screening(self) -> Future[dict | None]: ...
+
 
 class EngineRefused(Exception):
     """A request the engine cannot carry out now (the message says why)."""
