@@ -27,6 +27,7 @@ from kiosk.shots_data import (  # noqa: E402
     NOW_S,
     PROGRAMS,
     RUN,
+    SERVICE_INFO,
     SUMMARY,
     NullLink,
     status,
@@ -214,6 +215,7 @@ def scenes(vm):
         base()
         vm.nav = "settings"
         vm.service_unlocked = True
+        vm.service_info = dict(SERVICE_INFO)
         vm.events_log = [
             {"ts": NOW_S - 60, "kind": "post", "code": "PASS"},
             {"ts": NOW_S - 30, "kind": "fault", "code": "ESTOP"},

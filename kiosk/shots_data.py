@@ -131,3 +131,45 @@ class NullLink:
 
         self.sent.append(cmd)
         return Reply(cmd, timeout_s, None)
+
+
+# The service area's service_info, as the daemon on the simulated board answered it (steps whole,
+# limits cut to a few; one set by a site file).
+_DEFAULTS = "/opt/microcurrent-kiosk/hw/default.yaml"
+SERVICE_INFO = {
+    "post": {
+        "passed": True,
+        "failed_step": None,
+        "reason": "",
+        "steps": [
+            {"step": "reference", "reference_code": 3102.75, "rail_v": 14.995},
+            {"step": "zero", "offset_codes": 1.625},
+            {"step": "latch_rearm"},
+            {
+                "step": "calibration",
+                "plus_ua": 208.893,
+                "minus_ua": -203.362,
+                "gain": 1.031,
+                "offset_ua": 2.766,
+                "ohm_ua": 206.091,
+            },
+            {"step": "latch_trip", "current_after_ua": 0.229},
+            {"step": "deadman", "before_ua": 199.966, "after_ua": -0.229},
+            {"step": "dac_shutdown", "before_ua": 199.966, "after_ua": 0.076},
+            {"step": "relay", "before_ua": 199.814, "leak_ua": 0.229},
+            {"step": "estop_interlock", "before_ua": 199.356, "after_ua": 0.076, "again_ua": 200.3},
+            {"step": "charger_interlock", "before_ua": 199.9, "after_ua": 0.2, "again_ua": 199.8},
+        ],
+    },
+    "post_valid": True,
+    "limits": [
+        {"key": "limits.max_current_ua", "value": 400.0, "file": _DEFAULTS},
+        {"key": "limits.overcurrent_trip_ua", "value": 480.0, "file": _DEFAULTS},
+        {"key": "limits.hw_overcurrent_ua", "value": 560.0, "file": _DEFAULTS},
+        {"key": "limits.daily_max_s", "value": 1800.0, "file": _DEFAULTS},
+        {"key": "limits.lease_ms", "value": 250.0, "file": "/etc/microcurrent-kiosk/site.yaml"},
+    ],
+    "versions": {"hw": "0.1.0", "protocol": 1, "python": "3.11.7", "platform": "Linux aarch64"},
+    "realtime": {"process": "separate", "pid": 812, "scheduling": "cpu 3, SCHED_FIFO 20"},
+    "sim": True,
+}

@@ -122,6 +122,7 @@ class ViewModel(RecordsMixin, PrefsMixin, EventDispatcher):
     sim_message = StringProperty("")
     # service area
     service_unlocked = BooleanProperty(False)
+    service_info = DictProperty({})  # the daemon's service_info (self-test steps, limits, versions)
     # preferences: the buzzer is the daemon's (``set_sound``), the backlight the kiosk's own
     sound = BooleanProperty(True)
     sound_supported = BooleanProperty(True)

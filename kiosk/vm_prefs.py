@@ -80,8 +80,26 @@ class PrefsMixin:
         self.service_unlocked = pin == self.service_pin
         self.notice = "" if self.service_unlocked else S.PIN_WRONG
         if self.service_unlocked:
-            self._send("events", {"limit": 20}, callback=self._got_events)
+            self.refresh_service_info()
         return self.service_unlocked
+
+    def refresh_service_info(self) -> None:
+        """The service area's figures: the last self-test's steps, the limits in force with the
+        file each came from, the versions (``service_info``), and the recent events."""
+
+        def got(reply) -> None:
+            if reply.ok:
+                self.service_info = dict(reply.result)
+            elif (reply.error or {}).get("code") == "UNKNOWN_COMMAND":
+                self.service_info = {"unavailable": True}
+
+        self._send("service_info", callback=got)
+        self._send("events", {"limit": 20}, callback=self._got_events)
+
+    def on_post_passed(self, _vm, passed) -> None:
+        # A self-test ended while the service area is open: show its new steps.
+        if passed is not None and self.service_unlocked:
+            self.refresh_service_info()
 
     def sim_action(self, action: str, **args) -> None:
         def got(reply) -> None:

@@ -339,6 +339,39 @@ def test_service_pin(vm):
     assert not vm.service_unlocked
 
 
+def test_the_service_area_shows_the_steps_the_limits_by_file_and_the_versions(vm):
+    from kiosk.screens.settings import service_text
+    from kiosk.shots_data import SERVICE_INFO
+
+    connect(vm)
+    assert not vm.link.pending("service_info")  # nothing asked before the PIN
+    vm.unlock_service("0000")
+    assert vm.link.answer("service_info", SERVICE_INFO) == 1
+    assert vm.link.pending("events")
+    text = service_text(vm.service_info, [])
+    assert S.SVC_SELF_TEST.format(verdict=S.SVC_PASSED) in text
+    assert "calibration:  plus_ua=208.893" in text and "relay:  before_ua=199.814" in text
+    site = S.SVC_LIMITS.format(file="/etc/microcurrent-kiosk/site.yaml")
+    assert site in text and text.index(site) < text.index("limits.lease_ms = 250")
+    assert "hw 0.1.0" in text and "SCHED_FIFO 20" in text
+    failed = {**SERVICE_INFO, "post": {"passed": False, "failed_step": "relay", "reason": "leak"}}
+    assert S.SVC_FAILED.format(step="relay", reason="leak") in service_text(failed, [])
+    # A self-test that ends while the area is open is asked for again; a locked area asks nothing.
+    vm.post_passed = None
+    vm.post_passed = False
+    assert vm.link.answer("service_info", failed) == 1
+    vm.go("home")
+    vm.post_passed = None
+    vm.post_passed = True
+    assert not vm.link.pending("service_info")
+    # An older daemon: said so, the events still shown.
+    vm.go("settings")
+    vm.unlock_service("0000")
+    vm.link.fail("service_info", "UNKNOWN_COMMAND")
+    assert vm.service_info == {"unavailable": True}
+    assert "not available" in service_text(vm.service_info, [])
+
+
 def test_helpers():
     assert mmss(None) == "--:--" and mmss(0) == "0:00" and mmss(61.2) == "1:02"
     assert contact_band(False, 100) == "none" and contact_band(True, 90) == "good"
