@@ -46,17 +46,17 @@ def test_a_window_is_the_difference_of_two_readings():
 def test_the_runner_counts_every_tick_and_the_snapshot_publishes_the_counts():
     """Every tick adds one gap; every full-rate tick (not the idle pace, where the runner waits
     on an event and lateness means nothing) adds one lateness, as its lateness deque does."""
-    from hw.clock import MonotonicClock
+    from hw.clock import TickClock
     from hw.config import load_config
     from hw.control.loop import ControlLoop
     from hw.control.runner import LoopRunner
     from hw.hal.board import build_sim_board
 
     cfg = load_config(None)
-    clock = MonotonicClock()
+    clock = TickClock()  # the runner moves it: a pause of the host is no stall (as --sim-time)
     board = build_sim_board(cfg, clock)
     loop = ControlLoop(cfg, board, clock)
-    runner = LoopRunner(loop)
+    runner = LoopRunner(loop, tick_clock=clock)
     runner.start()
     try:
         loop.run_post()  # the self-test runs at the full rate
@@ -66,7 +66,7 @@ def test_the_runner_counts_every_tick_and_the_snapshot_publishes_the_counts():
     finally:
         runner.stop()
         board.close()
-    assert loop.post_result is not None
+    assert loop.post_result is not None and loop.post_result["passed"] is True
     late, gap = runner.late_hist.snapshot(), runner.gap_hist.snapshot()
     assert sum(gap) == loop.ticks  # one gap per tick, none lost
     assert 0 < sum(late) == len(runner.late_us) <= loop.ticks
