@@ -89,7 +89,8 @@ class PrefsMixin:
 
         def got(reply) -> None:
             if reply.ok:
-                self.service_info = dict(reply.result)
+                ok = isinstance(reply.result, dict)
+                self.service_info = dict(reply.result) if ok else {"unavailable": True}
             elif (reply.error or {}).get("code") == "UNKNOWN_COMMAND":
                 self.service_info = {"unavailable": True}
 

@@ -704,6 +704,10 @@ def test_each_value_names_the_file_it_came_from(tmp_path):
     assert cfg.source_of("loop.rate_hz") == str(default_config_path())
     assert load_config(env={}).source_of("limits.lease_ms") == str(default_config_path())
     assert cfg.source_of("limits.no_such_key") == "built in"
+    # A copy with a section replaced in code no longer names a file for it.
+    copy = cfg.model_copy(update={"limits": cfg.limits.model_copy(update={"lease_ms": 200.0})})
+    assert copy.source_of("limits.lease_ms") == "built in"
+    assert copy.source_of("ui.blank_after_s") == str(path)
 
 
 def test_board_file_changes_only_what_it_names(tmp_path):

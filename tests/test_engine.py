@@ -33,6 +33,7 @@ from hw.service.engine import (
     EngineRefused,
     State,
 )
+from hw.service.protocol import SCREENING_QUESTIONS
 
 DAY = date(2026, 11, 25)
 ENGINE_EVERY = 40  # loop ticks per engine tick (20 ms at 2 kHz)
@@ -79,12 +80,16 @@ DIAGRAM: frozenset[tuple[State, State]] = frozenset(
 
 
 # ---------------------------------------------------------------------------------- harness
+ALL_NO = {q: False for q in SCREENING_QUESTIONS}
+
+
 class FakeRecorder:
     def __init__(self, clock: Callable[[], float]):
         self.clock = clock
         self.calls: list[tuple] = []
         self.used_s = 0.0
-        self.screening: dict | None = None  # the latest contraindication check on record
+        # The latest contraindication check on record: a passed one, as on a set-up device.
+        self.screening: dict | None = {"passed": True, "t": "x", "answers": dict(ALL_NO)}
         self._next_id = 1
         self.fail: dict[str, BaseException] = {}  # call name -> the error its future carries
         self.hold: set[str] = set()  # call names whose futures stay pending
@@ -1180,19 +1185,6 @@ def test_no_start_when_todays_time_cannot_be_read(make_kiosk):
     _no_output_since(k, n)
 
 
-ALL_NO = {
-    q: False
-    for q in (
-        "implant",
-        "epilepsy",
-        "pregnancy",
-        "cancer_or_broken_skin",
-        "recent_surgery_or_injectables",
-        "under_18",
-    )
-}
-
-
 @pytest.mark.parametrize("yes", ["implant", "pregnancy", "under_18"])
 def test_no_start_while_the_check_on_record_answered_yes(make_kiosk, yes):
     k = make_kiosk()
@@ -1216,6 +1208,10 @@ def test_no_start_while_the_check_on_record_answered_yes(make_kiosk, yes):
         {"passed": "yes", "answers": ALL_NO},  # a flag that is not true/false
         {"answers": ALL_NO},  # no verdict at all
         "garbage",  # not a record
+        {"passed": True, "answers": {**ALL_NO, "implant": True}},  # the flag says no, not a yes
+        {"passed": True, "answers": None},  # answers that cannot be read
+        {"passed": True, "answers": {}},  # none of the questions answered
+        {"passed": True, "answers": {**ALL_NO, "under_18": None}},  # one not answered no
     ],
 )
 def test_a_check_on_record_that_cannot_be_told_refuses(make_kiosk, record):
@@ -1239,11 +1235,40 @@ def test_no_start_when_the_check_on_record_cannot_be_read(make_kiosk):
     _no_output_since(k, n)
 
 
-def test_with_no_check_on_record_a_start_goes_on(make_kiosk):
-    k = make_kiosk()  # the service tools and the benches start treatments with none on record
+@pytest.mark.parametrize("required", [True, False])
+def test_with_no_check_on_record_only_the_sim_daemon_lets_a_start_go_on(make_kiosk, required):
+    k = make_kiosk()  # required: a real board; not: the simulated board's daemon (tools, tests)
+    k.engine.require_screening = required
     to_ready(k)
-    assert k.rec.screening is None
-    assert k.engine.start("demo", 2).result(timeout=0) == "contact_check"
+    k.rec.screening = None
+    if required:
+        with pytest.raises(EngineRefused, match="no contraindication check is on record"):
+            k.engine.start("demo", 2)
+        assert k.engine.state == S.READY and not k.rec.of("begin")
+    else:
+        assert k.engine.start("demo", 2).result(timeout=0) == "contact_check"
+
+
+def test_a_yes_recorded_mid_start_or_mid_treatment_ends_it(make_kiosk):
+    k = make_kiosk()
+    ticket = k.engine.start("demo", 2)  # the first of the day: the self-test runs first
+    assert k.engine.state == S.SELF_TEST
+    assert ticket.result(timeout=0) == "self_test"  # the start's answer: it goes on by itself
+    k.engine.contraindicated()  # a yes recorded meanwhile: it does not
+    k.step()
+    assert [e.data["reason"] for e in k.emitted("start_refused")] == [
+        "the contraindication check just recorded answered yes"
+    ]
+    k.run(3.0)
+    assert k.engine.state == S.READY and not k.rec.of("begin")
+    n = len(k.loop.events)
+    k.run(0.2)
+    _no_output_since(k, n)
+    to_running(k)
+    k.engine.contraindicated()
+    assert k.engine.state == S.RAMP_DOWN
+    k.wait_for(S.FINISHED, 5.0)
+    assert k.rec.of("finish")[-1][3] == "stopped"
 
 
 def test_no_start_when_the_treatment_cannot_be_recorded(make_kiosk):

@@ -66,7 +66,12 @@ def test_a_yes_on_record_refuses_every_start_in_the_daemon_even_after_a_restart(
         c2.request("screening", answers=NO)
         start_treatment(c2, "demo")  # a later check with none: treatments may start again
         assert c2.request("status")["state"] == "running"
-        c2.request("stop")
+        # A yes recorded by any client mid-treatment ends it (a stop's ramp-down) at once.
+        d2.client("other").request("screening", answers={**NO, "epilepsy": True})
+        st = renew_until(c2, lambda s: s["state"] in ("finished", "ready"), 5.0)
+        assert st["output"] == "off" and st["fault"] is None
+        with pytest.raises(DaemonError, match=r"answered yes \(epilepsy\)"):
+            c2.request("start", program="demo", level=2)
 
 
 @pytest.mark.parametrize(

@@ -42,9 +42,12 @@ def _start_once(client, program: str, level: int) -> dict:
     status = {}
     while time.monotonic() < deadline:
         # A trip between the start and here refuses the renewal ("no treatment is running"):
-        # the status read next says which, and the caller records it.
-        with contextlib.suppress(DaemonError):
+        # the status read next says which, and the caller records it. Any other error is raised.
+        try:
             client.request("lease")
+        except DaemonError as e:
+            if e.code != "REFUSED":
+                raise
         status = client.request("status")
         if status["state"] in ("running", "fault"):
             return status

@@ -236,6 +236,15 @@ class Config(_Strict):
             return NotImplemented
         return self.__dict__ == other.__dict__
 
+    def model_copy(self, *, update=None, deep: bool = False):  # noqa: ANN201 - pydantic's
+        """A copy; a section replaced by ``update`` no longer names the file it came from."""
+        copy = super().model_copy(update=update, deep=deep)
+        if update:
+            copy._sources = {
+                k: f for k, f in self._sources.items() if k.split(".")[0] not in update
+            }
+        return copy
+
     def source_of(self, key: str) -> str:
         """The file that set ``key`` (a dotted path such as ``limits.lease_ms``), or "built in"."""
         probe = key

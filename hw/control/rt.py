@@ -119,7 +119,8 @@ class RtServer:
                 # Each step with its figures first (the service area shows them), then the verdict.
                 t = loop.clock.now()
                 for step in pr.get("steps", ()):
-                    self._send(C.event(t, "post_step", code=step["step"], text=_figures(step)))
+                    name = str(step.get("step", "?"))
+                    self._send(C.event(t, "post_step", code=name, text=_figures(step)))
                 self._send(
                     C.post(
                         bool(pr.get("passed")), pr.get("failed_step") or "", pr.get("reason", "")
@@ -263,7 +264,11 @@ class RtServer:
 
 def _figures(step: dict) -> str:
     """A self-test step's figures as ``name=value`` pairs (they fit one event's text)."""
-    return " ".join(f"{k}={v!r}" for k, v in step.items() if isinstance(v, int | float))
+    return " ".join(
+        f"{k}={v!r}"
+        for k, v in step.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and k != "step"
+    )
 
 
 def _pdeathsig() -> None:

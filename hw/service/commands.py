@@ -145,6 +145,8 @@ class Commands:
         if cmd == "programs":
             return {"programs": [program_dict(p) for p in self.d.cfg.programs]}
         if cmd in ("screening", "screening_status"):
+            if cmd == "screening" and any(a["answers"].values()):
+                eng.contraindicated()  # before it is recorded: no start reads the old one now
             return self.history.screening(cmd, a, req.id)
         if cmd == "sim":
             return self._sim_command(a)

@@ -126,7 +126,15 @@ class Daemon:
             rt.on_lost = self._realtime_lost
         self.worker = HistoryWorker(state_dir / "history.db")
         self.recorder = HistoryRecorder(self.worker, today)
-        self.engine = Engine(cfg, self.loop, self.recorder, clock.now, today=today, emit=self._emit)
+        self.engine = Engine(
+            cfg,
+            self.loop,
+            self.recorder,
+            clock.now,
+            today=today,
+            emit=self._emit,
+            require_screening=self.board.sim is None,  # a real board: no start without a check
+        )
         self.clients: set[Client] = set()
         self.lease_holder: Client | None = None
         self.service_tasks: dict[str, asyncio.Task] = {}  # long-lived tasks under supervision

@@ -78,8 +78,12 @@ class Engine:
         *,
         today: Callable[[], _dt.date] = _dt.date.today,
         emit: Callable[[str, dict], None] | None = None,
+        require_screening: bool = True,
     ):
         self.cfg = cfg
+        # No start without a passed contraindication check on record (hw/service/starting.py);
+        # only the simulated board's daemon (desktop, tests, benches) lets a start go on with none.
+        self.require_screening = require_screening
         self.loop = loop
         self.recorder = recorder
         self.clock = clock
@@ -144,6 +148,14 @@ class Engine:
         """Ask for a treatment (hw.service.starting.start: the future of the state it reached,
         or EngineRefused; raises EngineRefused when the answer is known at once)."""
         return starting.start(self, program_id, level)
+
+    def contraindicated(self) -> None:
+        """A check that answered yes is being recorded: a start under way is refused and a
+        treatment ends now (the ramp-down of a stop), whatever was read before."""
+        if self._starting is not None:
+            starting.refuse(self, "the contraindication check just recorded answered yes")
+        if self.state in TREATING and self.treatment is not None:
+            self.stop("stopped")
 
     def cancel_pending_start(self) -> None:
         """The client that asked for a start is gone: don't start (nor wait for the history)."""

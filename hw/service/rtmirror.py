@@ -77,7 +77,10 @@ class MirrorMixin:
         elif g.alarm is None or g.alarm.code != m.alarm:
             g.alarm = FaultRecord(m.alarm, *FAULT_TEXT[m.alarm], "", f["t_s"])
         if not m.flags & C.F_POST_RESULT:
+            # No result (a self-test under way or none yet): steps of one whose verdict was lost
+            # must not be shown with the next one's (steps and verdict come before a state).
             self.post_result = None
+            self._post_steps.clear()
         s = self.snapshot
         if s is None or s.t_s != f["t_s"]:
             self.snapshot = Snapshot(
@@ -108,6 +111,7 @@ class MirrorMixin:
     def _on_event(self, m: C.Event) -> None:
         if m.kind == "post_step":  # the verdict (a POST message) follows its steps
             figures = dict(kv.split("=", 1) for kv in m.text.split() if "=" in kv)
+            figures.pop("step", None)  # the step's name is its code
             self._post_steps.append({"step": m.code, **{k: _num(v) for k, v in figures.items()}})
             del self._post_steps[:-POST_STEPS_KEPT]
             return

@@ -2,8 +2,9 @@
 
 A start first reads today's used treatment time (the daily limit) and the latest contraindication
 check on record (a "yes" to any question refuses every start until a check with none is recorded;
-with none on record, as from the service tools, the start goes on: the kiosk asks before its home
-screen), runs the self-test when one is due (the first treatment of a day, any after a fault),
+none on record refuses too, except on the simulated board's daemon, whose tools and tests start
+without one; a check recorded with a yes also ends a start under way: ``Engine.contraindicated``),
+runs the self-test when one is due (the first treatment of a day, any after a fault),
 then begins the treatment's record; only when each answered OK in time (``START_TIMEOUT_S``
 each) is the loop asked for output. A refused start returns the engine to where it was and leaves
 nothing switched on. These are the Engine's own steps (they read and set its state: ``eng`` is
@@ -18,6 +19,7 @@ from typing import TYPE_CHECKING
 
 from hw.config import Program
 from hw.control.loop import CommandRefused
+from hw.service.protocol import SCREENING_QUESTIONS
 from hw.service.states import EngineRefused, State
 from hw.service.treatment import Treatment
 
@@ -87,7 +89,7 @@ def advance(eng: Engine) -> None:
                 f"cannot read today's treatment time ({type(e).__name__}: {e}); "
                 "no treatment without it",
             )
-        why = screening_refusal(st.screening)
+        why = screening_refusal(st.screening, eng.require_screening)
         if why == "wait":
             if now > st.deadline_s:
                 return refuse(
@@ -148,9 +150,11 @@ def advance(eng: Engine) -> None:
         st.ticket.set_result(str(eng.state))
 
 
-def screening_refusal(fut: Future) -> str | None:
+def screening_refusal(fut: Future, required: bool = True) -> str | None:
     """Why the contraindication check on record refuses a start ("wait" while it is read), or None.
-    Fails closed: an unreadable check, or one whose answers cannot be told, refuses."""
+    Fails closed: only a record whose every question (SCREENING_QUESTIONS) is answered False, and
+    marked passed, lets a start go on; an unreadable or malformed one refuses; none on record
+    refuses when ``required``."""
     if not fut.done():
         return "wait"
     e = fut.exception()
@@ -161,16 +165,22 @@ def screening_refusal(fut: Future) -> str | None:
         )
     last = fut.result()
     if last is None:
+        if not required:
+            return None
+        return "no contraindication check is on record: answer the first-use questions first"
+    answers = last.get("answers") if isinstance(last, dict) else None
+    if (
+        isinstance(answers, dict)
+        and last.get("passed") is True
+        and all(answers.get(q) is False for q in SCREENING_QUESTIONS)
+    ):
         return None
-    if not isinstance(last, dict) or last.get("passed") is not True:
-        answers = last.get("answers") if isinstance(last, dict) else None
-        yes = sorted(k for k, v in answers.items() if v) if isinstance(answers, dict) else []
-        return (
-            "the contraindication check on record answered yes"
-            + (f" ({', '.join(yes)})" if yes else "")
-            + ": this device must not be used; see the first-use questions"
-        )
-    return None
+    yes = sorted(str(k) for k, v in answers.items() if v is not False) if answers else []
+    return (
+        "the contraindication check on record answered yes"
+        + (f" ({', '.join(yes)})" if yes else "")
+        + ": this device must not be used; see the first-use questions"
+    )
 
 
 def refuse(eng: Engine, reason: str, *, back: bool = True) -> None:

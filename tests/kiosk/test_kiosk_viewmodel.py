@@ -370,6 +370,18 @@ def test_the_service_area_shows_the_steps_the_limits_by_file_and_the_versions(vm
     vm.link.fail("service_info", "UNKNOWN_COMMAND")
     assert vm.service_info == {"unavailable": True}
     assert "not available" in service_text(vm.service_info, [])
+    # Odd shapes from the daemon are skipped, never raised on; its text is not markup.
+    for odd in (
+        {"post": "x", "limits": [1, None, {"key": "[b]k", "value": "[/b]"}], "versions": 3},
+        {"post": {"passed": True, "steps": ["x", {"step": "[i]z", "a": 1}]}, "realtime": []},
+        [],
+        None,
+    ):
+        text = service_text(odd, [{"ts": "soon", "kind": "[x]"}, None, 5])
+        assert isinstance(text, str) and "[b]k" not in text and "[i]z" not in text
+    vm.unlock_service("0000")
+    vm.link.answer("service_info", ["not", "a", "dict"])
+    assert vm.service_info == {"unavailable": True}
 
 
 def test_helpers():
