@@ -39,8 +39,11 @@ def daemon_process_figures(rtt_requests: int, cpu_s: float = 10.0, sim_time: boo
             # Both processes of the daemon: the service and its real-time child (hw.control.rt).
             rss_service_kb = _rss_kb(proc.pid)
             rss_rt_kb = sum(_rss_kb(pid) for pid in proctree.tree(proc.pid) if pid != proc.pid)
-            c.request("stop")
+            if status["state"] in ("contact_check", "ramp_up", "running", "paused"):
+                c.request("stop")
+            fault = status.get("fault") or {}
             return {
+                "daemon_fault": f"{fault['code']}: {fault.get('detail')}" if fault else None,
                 "ipc_rtt_ms_p50": _pct(rtt, 0.5),
                 "ipc_rtt_ms_p99": _pct(rtt, 0.99),
                 "daemon_rss_mb": (rss_service_kb + rss_rt_kb) / 1024.0,

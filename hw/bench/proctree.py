@@ -82,3 +82,15 @@ def kill_leftovers(seen: dict[int, tuple[int, int]]) -> None:
         if st is not None and st[2] == start:
             with contextlib.suppress(OSError):
                 os.kill(pid, signal.SIGKILL)
+
+
+def host_steal_s() -> float | None:
+    """CPU time the hypervisor took from this machine since boot, all CPUs (``steal`` in
+    /proc/stat), or None where it is not reported. The bench prints how much of it fell in its
+    run: real-time figures measured while the host stole time say so."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
