@@ -226,6 +226,7 @@ def load_figures(seconds: float = LOAD_S, hogs: int = HOGS, sim_time: bool = Fal
 
     from hw.bench.daemon_driver import _run_treatment, spawned_daemon
     from hw.bench.floods import FLOOD_PROGRAM, seed_history
+    from hw.bench.proctree import host_steal_s
     from hw.bench.stats import pct as _pct
 
     ctx = multiprocessing.get_context("fork")
@@ -251,7 +252,9 @@ def load_figures(seconds: float = LOAD_S, hogs: int = HOGS, sim_time: bool = Fal
             p.start()
             stack.callback(_end_mp, p, stop)
             results[name] = (p, stop, rx)
+        steal0 = host_steal_s()
         kiosk_out = _kiosk_run(kiosk, seconds)
+        steal1 = host_steal_s()
         seen.update(tree(proc.pid))
         after = _loop(kiosk_out["final"])
         cpu_pct = 100.0 * (tree_cpu_s(proc.pid) - cpu0) / (time.monotonic() - t0)
@@ -289,6 +292,7 @@ def load_figures(seconds: float = LOAD_S, hogs: int = HOGS, sim_time: bool = Fal
         "pipelined": clients["pipeliner"],
         "history_client": clients["history"],
         "errors": kiosk_out["errors"],
+        "host_steal_ms": None if None in (steal0, steal1) else (steal1 - steal0) * 1000.0,
     }
 
 
@@ -345,6 +349,7 @@ def run(quick: bool = False, seconds: float | None = None, sim_time: bool = Fals
             "",
         ),
         ("daemon CPU under load", f"{r['daemon_cpu_load_pct']:.0f} % of one core", ""),
+        ("host CPU steal in the run", _fmt(r["host_steal_ms"], ".0f", " ms (all CPUs)"), ""),
         (
             "treatment",
             f"running in {r['treatment_running_pct']:.0f} % of status reads, "
@@ -389,6 +394,7 @@ def run(quick: bool = False, seconds: float | None = None, sim_time: bool = Fals
         "load_seconds",
         "treatment_running_pct",
         "treatment_charge_uc",
+        "host_steal_ms",
     )
     out = {k: (round(r[k], 3) if isinstance(r[k], float) else r[k]) for k in keys}
     out["pipelined_requests_sent"] = r["pipelined"].get("requests_sent")
