@@ -89,6 +89,10 @@ def main(argv: list[str] | None = None) -> int:
                 vm.submit_screening({k: False for k, _ in S.SCREENING_QUESTIONS})
             elif vm.screen == "home" and vm.programs and "t_home_s" not in out:
                 st["home_drawn"] = True  # the next flip shows it
+                # A still screen is not redrawn (Kivy flips only on a change): ask for the frame,
+                # or a home drawn before this tick noticed it waits for the next change (the
+                # screen blanking, 120 s later: a cold start of 120 s was measured so).
+                Window.canvas.ask_update()
             elif "t_home_s" in out:
                 vm.select_program(args.program)
                 vm.go("prep")
