@@ -475,7 +475,10 @@ def scenario_restart(d: Driver):
     yield d.until(lambda: vm.state == "running", "running at the new level")
     d.mark("lift")
     yield from d.sim("lift_off", True)
-    yield d.until(lambda: vm.lifted, "contact lost")
+    # The banner follows the daemon's contact_lost event; the output's state comes with the next
+    # status (20 Hz), which may land after the shot's three frames (a fresh-clone run failed so:
+    # output "on" in a shot with "contact lost" on screen): wait for both.
+    yield d.until(lambda: vm.lifted and vm.output == "lifted", "contact lost")
     yield from d.shot("lift_off_live", png=False)
     yield from d.sim("lift_off", False)
     yield d.until(lambda: vm.recontact, "contact restored")
