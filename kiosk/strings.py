@@ -69,6 +69,8 @@ SCREENING_STOP = {
     "under_18": _("This device is for adults only."),
 }
 SCREENING_ASK_DOCTOR = _("Ask your doctor before using it. Your answers are recorded.")
+# A mistaken tap must not lock a person out until a restart; the new answers are recorded too.
+SCREENING_AGAIN = _("I tapped the wrong answer: ask again")
 SCREENING_RECORDED = _("Answered on {t}")
 SCREENING_NOT_RECORDED = _("Your answers could not be recorded.")
 

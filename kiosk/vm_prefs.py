@@ -38,6 +38,11 @@ class PrefsMixin:
             return
         self._send("screening", {"answers": dict(answers)}, callback=self._screened)
 
+    def answer_screening_again(self) -> None:
+        """After a yes: the questions again from the first (the yes stays on record, and the
+        daemon refuses every start until new answers, all no, are recorded)."""
+        self.screening_stop = []
+
     def _screened(self, reply) -> None:
         if reply.ok:
             self._send("screening_status", callback=self._got_screening)

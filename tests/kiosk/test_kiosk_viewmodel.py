@@ -83,6 +83,15 @@ def test_screening_yes_goes_no_further(vm):
     assert vm.screen == "first_use"
     vm.go("home")
     assert vm.screen == "first_use"
+    # A mistaken tap: the questions again; only new answers, all no, on record open home.
+    vm.answer_screening_again()
+    assert vm.screening_stop == [] and vm.screen == "first_use"
+    answers["pregnancy"] = False
+    vm.submit_screening(answers)
+    assert vm.link.args[-1] == {"answers": answers}
+    vm.link.answer("screening", {"passed": True, "t": "y"})
+    vm.link.answer("screening_status", {"passed": True, "t": "y", "answers": answers})
+    assert vm.screen == "home"
 
 
 def test_old_daemon_without_screening_is_handled(vm):
