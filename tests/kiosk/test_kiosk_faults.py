@@ -275,9 +275,14 @@ def test_kiosk_killed_mid_treatment_the_daemon_cuts_and_a_new_kiosk_shows_the_fa
     fault_screen = after(tlb, 0, "screen", "fault")
     assert [s for s in between(tlb, 0, fault_screen, "screen") if s != "startup"] == []
     shot = run["b"]["shots"]["fault_after_kiosk_restart"]
-    _message, action = words(Fault.LEASE_EXPIRED)
-    # The daemon's detail says the controller disconnected: the kiosk says the screen closed.
-    assert S.FAULT_SCREEN_CLOSED in shot["texts"] and action in shot["texts"]
+    message, action = words(Fault.LEASE_EXPIRED)
+    # Whichever cut first names the fault: the closed socket ("controller ... disconnected": the
+    # kiosk says the screen closed) or, when the killed kiosk's last renewals were already late
+    # (a loaded host: a fresh-clone run met it), the lease's own 300 ms ("not renewed").
+    detail = st["fault"]["detail"]
+    expected = S.FAULT_SCREEN_CLOSED if detail.endswith("disconnected") else message
+    assert "not renewed" in detail or detail.endswith("disconnected"), detail
+    assert expected in shot["texts"] and action in shot["texts"], (detail, shot["texts"])
     assert run["while_b_shows_fault"]["state"] == "fault"
     assert run["while_b_shows_fault"]["output"] == "tripped"
     ack = after(tlb, fault_screen, "sent", "acknowledge")
