@@ -129,6 +129,7 @@ __all__ = [
     "Ui",
     "default_config_path",
     "load_config",
+    "SOURCED_SECTIONS",
 ]
 
 
@@ -227,10 +228,14 @@ def load_config(
     return cfg
 
 
+# The sections whose keys carry the file they came from (what the service area lists).
+SOURCED_SECTIONS = ("limits", "loop", "ui")
+
+
 def _leaf_keys(cfg: Config) -> list[str]:
-    """Every dotted key of the limits, the loop and the UI (what the service area lists)."""
+    """Every dotted key of SOURCED_SECTIONS."""
     out = []
-    for section in ("limits", "loop", "ui"):
+    for section in SOURCED_SECTIONS:
         for name in type(getattr(cfg, section)).model_fields:
             out.append(f"{section}.{name}")
     return out

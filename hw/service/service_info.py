@@ -10,9 +10,8 @@ from __future__ import annotations
 import platform
 from importlib import metadata
 
+from hw.config import SOURCED_SECTIONS
 from hw.service import protocol as P
-
-SECTIONS = ("limits", "loop", "ui")
 
 
 def _version() -> str:
@@ -35,7 +34,7 @@ def service_info(d) -> dict:
             "steps": [dict(s) for s in pr.get("steps", ())],
         }
     limits = []
-    for section in SECTIONS:
+    for section in SOURCED_SECTIONS:
         values = getattr(cfg, section).model_dump(mode="json")
         for name, value in values.items():
             key = f"{section}.{name}"
