@@ -54,7 +54,7 @@ from hw.bench.floods import (
     seed_history,
 )
 from hw.bench.loop_timing import loop_timing, loop_timing_runs
-from hw.bench.proctree import host_steal_s
+from hw.bench.proctree import host_steal_s, steal_ms_between
 from hw.config import load_config
 
 # The names tests and tools import from hw.bench (each lives in the module that measures it).
@@ -123,10 +123,8 @@ def main(argv: list[str] | None = None) -> int:
     lease_ms = cfg.limits.lease_ms
     tick_ms = 1000.0 / cfg.loop.rate_hz
     steal1 = host_steal_s()
-    steal_ms = None if steal1 is None or steal0 is None else (steal1 - steal0) * 1000.0
-    steal_timing_ms = (
-        None if steal_timing is None or steal0 is None else (steal_timing - steal0) * 1e3
-    )
+    steal_ms = steal_ms_between(steal0, steal1)
+    steal_timing_ms = steal_ms_between(steal0, steal_timing)
 
     rows = [
         ("loop rate", f"{timing['tick_hz']:.1f} Hz", ">= 2000"),
@@ -151,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
         (
             "host CPU steal (loop run / whole bench)",
             "not reported"
-            if steal_ms is None
+            if steal_ms is None or steal_timing_ms is None
             else f"{steal_timing_ms:.0f} / {steal_ms:.0f} ms (the hypervisor's, all CPUs)",
             "",
         ),
@@ -256,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
         result["realtime_tripped_runs"] = timing["tripped_runs"]
     if timing["tripped"]:
         result["realtime_tripped"] = timing["tripped"]  # the run the figures come from
-    if steal_ms is not None:
+    if steal_ms is not None and steal_timing_ms is not None:
         result["host_steal_ms"] = round(steal_ms, 1)
         result["host_steal_loop_run_ms"] = round(steal_timing_ms, 1)
     if proc["daemon_fault"]:

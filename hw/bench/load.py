@@ -226,7 +226,7 @@ def load_figures(seconds: float = LOAD_S, hogs: int = HOGS, sim_time: bool = Fal
 
     from hw.bench.daemon_driver import _run_treatment, spawned_daemon
     from hw.bench.floods import FLOOD_PROGRAM, seed_history
-    from hw.bench.proctree import host_steal_s
+    from hw.bench.proctree import host_steal_s, steal_ms_between
     from hw.bench.stats import pct as _pct
 
     ctx = multiprocessing.get_context("fork")
@@ -292,7 +292,7 @@ def load_figures(seconds: float = LOAD_S, hogs: int = HOGS, sim_time: bool = Fal
         "pipelined": clients["pipeliner"],
         "history_client": clients["history"],
         "errors": kiosk_out["errors"],
-        "host_steal_ms": None if None in (steal0, steal1) else (steal1 - steal0) * 1000.0,
+        "host_steal_ms": steal_ms_between(steal0, steal1),
     }
 
 

@@ -97,7 +97,7 @@ def loop_timing_runs(cfg: Config, seconds: float, attempts: int = 3) -> dict:
     tripped run is reported (``tripped_runs``: the trip and the host CPU steal during it), never
     hidden: a tripped run's figures are mostly of the idle pace that follows the trip, so the
     figures come from the first run that kept the output on (or the last one)."""
-    from hw.bench.proctree import host_steal_s
+    from hw.bench.proctree import host_steal_s, steal_ms_between
 
     tripped: list[str] = []
     for _ in range(attempts):
@@ -106,7 +106,8 @@ def loop_timing_runs(cfg: Config, seconds: float, attempts: int = 3) -> dict:
         s1 = host_steal_s()
         if not timing["tripped"]:
             break
-        steal = "?" if s0 is None or s1 is None else f"{(s1 - s0) * 1000.0:.0f}"
+        ms = steal_ms_between(s0, s1)
+        steal = "?" if ms is None else f"{ms:.0f}"
         tripped.append(f"{timing['tripped']} (host steal {steal} ms in the run)")
     timing["tripped_runs"] = tripped
     return timing

@@ -94,3 +94,8 @@ def host_steal_s() -> float | None:
         return int(fields[8]) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
+
+
+def steal_ms_between(s0: float | None, s1: float | None) -> float | None:
+    """The steal between two :func:`host_steal_s` readings (ms), or None if either is missing."""
+    return None if s0 is None or s1 is None else (s1 - s0) * 1000.0
