@@ -673,3 +673,33 @@ def test_acting_requests_before_hello_are_refused(daemons):
     st = c.request("status")
     assert st["state"] == "ready" and st["output"] == "off" and st["fault"] is None, st
     assert d.mirror()["last_kick_s"] == m0["last_kick_s"] and not d.mirror()["enable"]
+
+
+def test_deep_nesting_is_refused_before_the_parser_recurses(monkeypatch):
+    """json.loads recurses once per level: a 4000-deep line took it to the interpreter's recursion
+    limit, where a finalizer the garbage collector ran failed (fresh-clone runs failed on the
+    'unraisable' RecursionErrors). A line nested deeper than MAX_NESTING is refused unparsed."""
+    calls = []
+    real_loads = P.json.loads
+    monkeypatch.setattr(P.json, "loads", lambda *a, **k: calls.append(1) or real_loads(*a, **k))
+    deep = P.MAX_NESTING + 1
+    for nest in (
+        "[" * 4000 + "]" * 4000,
+        '{"a":' * 1300 + "1" + "}" * 1300,
+        '{"id":1,"cmd":"status","args":{"x":' + "[" * deep + "]" * deep + "}}",
+    ):
+        with pytest.raises(P.ProtocolError) as e:
+            P.parse_request(nest.encode())
+        assert e.value.code == P.BAD_JSON, e.value.message
+        assert f"deeper than {P.MAX_NESTING}" in e.value.message
+    assert calls == []
+    # Exactly MAX_NESTING levels are parsed (and refused for what they are); brackets inside a
+    # string (with an escaped quote before them) do not count.
+    with pytest.raises(P.ProtocolError) as e:
+        P.parse_request(("[" * P.MAX_NESTING + "]" * P.MAX_NESTING).encode())
+    assert e.value.code == P.BAD_REQUEST
+    line = '{"id":1,"cmd":"status","args":{"x":"\\"' + "[{" * 40 + '"}}'
+    with pytest.raises(P.ProtocolError) as e:
+        P.parse_request(line.encode())
+    assert e.value.code == P.BAD_ARGUMENT, e.value.message
+    assert len(calls) == 2

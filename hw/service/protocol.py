@@ -20,12 +20,18 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
 PROTOCOL_VERSION = 1
 MAX_LINE_BYTES = 8192
 MAX_ID_LEN = 64
+# No request nests deeper than 2; the bound keeps json.loads (which recurses) far from the
+# interpreter's recursion limit, where a finalizer run by the garbage collector would fail.
+MAX_NESTING = 16
+_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKET = re.compile(r"[\[\]{}]")
 
 
 class ProtocolError(Exception):
@@ -216,12 +222,25 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _check_nesting(text: str) -> None:
+    """Refuse (ValueError) JSON text whose arrays and objects nest deeper than MAX_NESTING,
+    before it is parsed. Brackets inside strings do not count."""
+    if text.count("[") + text.count("{") <= MAX_NESTING:
+        return  # every request: too few brackets to be deep
+    depth = 0
+    for m in _BRACKET.finditer(_JSON_STRING.sub('""', text)):
+        depth += 1 if m.group() in "[{" else -1
+        if depth > MAX_NESTING:
+            raise ValueError(f"arrays and objects nest deeper than {MAX_NESTING} levels")
+
+
 def parse_request(line: bytes) -> Request:
     """Validate one request line. Raises ProtocolError (with the id when one could be read)."""
     if len(line) > MAX_LINE_BYTES:
         raise ProtocolError(TOO_LARGE, f"a request may be at most {MAX_LINE_BYTES} bytes")
     try:
         text = line.decode("utf-8")
+        _check_nesting(text)
         msg = json.loads(text, parse_constant=_reject_constants, object_pairs_hook=_unique_keys)
     except _DuplicateKey as e:
         raise ProtocolError(BAD_REQUEST, str(e)) from None
