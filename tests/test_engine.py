@@ -847,6 +847,33 @@ def test_relocate_cues_every_relocate_cue_s(tour):
 
 
 # ------------------------------------------------------------------------ 6. dose accounting
+def test_step_timers_count_the_loops_output_time_not_the_services_clock():
+    """On --sim-time a host pause slows the loop's time, not the service's clock (a fresh-clone
+    run recorded 11.8 s of output for the 16 s demo). The service's clock here runs 1.5 times the
+    loop's: every step still lasts its duration of real output, and the record says so."""
+    base = load_config(env={})
+    program = Program.model_validate(TOUR)
+    cfg = base.model_copy(update={"programs": (*base.programs, program)})
+    k = Kiosk(cfg)
+    k.engine.clock = lambda: 1.5 * k.rig.clock.now()
+    k.engine._last_t = k.engine.clock()
+    try:
+        to_ready(k)
+        k.engine.start("test-tour", TOUR_LEVEL)
+        k.wait_for(S.RAMP_UP, 2.0)
+        t_ramp = k.now()
+        k.wait_for(S.FINISHED, 25.0)
+        nz = [c.t for c in k.emitted("cue") if c.data["kind"] == "next_zone"]
+        for i, (a, b) in enumerate(zip([t_ramp, *nz], nz)):
+            assert abs((b - a) - program.steps[i].duration_s) <= 2 * ENGINE_TICK_S, (i, a, b)
+        total = sum(s.duration_s for s in program.steps)
+        summary = k.rec.of("finish")[0][4]
+        # The record's output time also holds the ramp-down after the last step.
+        assert total <= summary["active_s"] <= total + 1.0, summary
+    finally:
+        k.close()
+
+
 def test_zone_charge_matches_the_loop(tour):
     k = tour.k
     s = k.engine.last_summary

@@ -307,7 +307,7 @@ class Engine:
         tr = self.treatment
         if tr is None or self.state not in TREATING | {State.RAMP_DOWN}:
             return
-        self._account(tr, dt)
+        out_dt = self._account(tr)
         ls = loop.state
         if self.state == State.RAMP_DOWN:
             if ls == OutputState.OFF:
@@ -343,10 +343,12 @@ class Engine:
             return
         if self.state == State.RAMP_UP and ls == OutputState.ON:
             self._go(State.RUNNING)
-        # Timers: they run while current flows (ramp-up included), never while lifted or paused.
+        # Timers: they run while current flows (ramp-up included), never while lifted or paused,
+        # and count the output time the loop measured (what the history records), not this
+        # process's clock: on --sim-time a host pause slows the loop's time, not the service's.
         if ls in (OutputState.RAMP_UP, OutputState.ON) and tr.started_ramp:
-            tr.step_elapsed_s += dt
-            tr.active_s += dt
+            tr.step_elapsed_s += out_dt
+            tr.active_s += out_dt
             if tr.step_elapsed_s >= tr.next_cue_s:
                 tr.next_cue_s += tr.step.relocate_cue_s
                 self._cue("relocate", tr)
@@ -386,13 +388,15 @@ class Engine:
             "cue", {"kind": kind, "zone": tr.step.zone, "step": tr.step_index, "text": tr.step.text}
         )
 
-    def _account(self, tr: Treatment, dt: float) -> None:
+    def _account(self, tr: Treatment) -> float:
+        """Add the loop's latest figures to the treatment; return the output time (s) the loop
+        measured since the previous call."""
         snap = self.loop.snapshot
         last = self._last_snap
         self._last_snap = snap
         if snap is None or last is None:
-            return
-        add_dose(tr, last, snap)
+            return 0.0
+        out_dt = add_dose(tr, last, snap)
         now = self.clock()
         if tr.treatment_id is not None and now - tr.last_checkpoint_s >= CHECKPOINT_S:
             tr.last_checkpoint_s = now
@@ -400,6 +404,7 @@ class Engine:
             self._writes.append(
                 RecordWrite("checkpoint", tr.treatment_id, fut, now + CHECKPOINT_S, z_total(tr))
             )
+        return out_dt
 
     def summary(self) -> dict:
         """The running treatment's figures so far (hw.service.treatment.summarize); {} if none."""

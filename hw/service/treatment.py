@@ -78,17 +78,20 @@ def zones_dict(tr: Treatment) -> dict:
     return {name: z.as_dict() for name, z in tr.zones.items()}
 
 
-def add_dose(tr: Treatment, last: Snapshot, snap: Snapshot) -> None:
-    """Add what the loop delivered between two of its snapshots to the current step's zone."""
+def add_dose(tr: Treatment, last: Snapshot, snap: Snapshot) -> float:
+    """Add what the loop delivered between two of its snapshots to the current step's zone;
+    return the output time (s) between them."""
     z = tr.zones.setdefault(tr.step.zone, ZoneDose())
     dq = max(0.0, snap.charge_uc - last.charge_uc)
     z.charge_uc += dq
     z.net_uc += snap.net_charge_uc - last.net_charge_uc
-    z.active_s += max(0.0, snap.active_s - last.active_s)
+    out_s = max(0.0, snap.active_s - last.active_s)
+    z.active_s += out_s
     z.peak_ua = max(z.peak_ua, snap.peak_ua if dq else 0.0)
     if snap.state in (OutputState.ON, OutputState.RAMP_UP):
         z.quality_sum += snap.contact_quality_pct
         z.quality_n += 1
+    return out_s
 
 
 def summarize(tr: Treatment, snap: Snapshot | None) -> dict:
